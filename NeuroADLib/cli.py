@@ -1,0 +1,140 @@
+"""The `neuroad` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import (
+    EXIT_CANCELLED,
+    EXIT_INTERNAL,
+    EXIT_OUT_OF_MEMORY,
+    InputError,
+    NeuroADError,
+)
+
+DEMO_FOLDER = Path(__file__).parent / "data" / "demo"
+DEMO_SCAN = DEMO_FOLDER / "tcga_fg_6692_t1.nii.gz"
+
+EXAMPLES = {
+    "preprocess": "example:\n  neuroad preprocess scan.nii.gz --out scan_preprocessed\n"
+                  "  neuroad preprocess stripped.nii.gz --skull-stripped --out out_dir",
+    "prepare-cohort": "example:\n  neuroad prepare-cohort ../shared/data/ixi_t1_2mm "
+                      "--cache ~/.neuroad/cohorts/ixi_2mm --workers 2",
+    "demo": "example:\n  neuroad demo --out neuroad-demo",
+}
+
+
+def _threads(value: int | None) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(value or os.cpu_count() or 1)
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from .outputs import check_writable
+    from .preprocessing import preprocess, save_preprocessed
+
+    check_writable(args.out)
+    _threads(args.threads)
+    skull_stripped = True if args.skull_stripped else None
+    result = preprocess(args.input, brain_mask=args.brain_mask, skull_stripped=skull_stripped,
+                        seed=args.seed)
+    save_preprocessed(result, args.out, title=Path(args.input).name)
+    quality = result.report["quality"]
+    print(f"wrote {args.out}: image.nii.gz, brain_mask.nii.gz, template_to_native.tfm, "
+          f"preprocess.json, qc.png")
+    print(f"brain volume {quality['brain_volume_ml']:.0f} mL, correlation with the template "
+          f"{quality['ncc_with_template']:.2f}, total "
+          f"{sum(result.report['timings_s'].values()):.1f} s")
+    return 0
+
+
+def _prepare_cohort(args: argparse.Namespace) -> int:
+    from .cohort import prepare_cohort
+
+    cache = prepare_cohort(args.data, args.cache, validation_fraction=args.validation_fraction,
+                           seed=args.seed, workers=args.workers, limit=args.limit,
+                           show_progress=not args.quiet)
+    summary = json.loads((cache / "cohort.json").read_text())
+    print(f"cohort in {cache}: {summary['processed']} processed, {len(summary['failed'])} "
+          f"failed; {len(summary['split']['train'])} train, "
+          f"{len(summary['split']['validation'])} validation")
+    return 0 if not summary["failed"] else 3
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if not DEMO_SCAN.is_file():
+        raise InputError(f"The bundled demo scan is missing ({DEMO_SCAN}); reinstall NeuroAD.")
+    args.input, args.brain_mask, args.skull_stripped, args.seed = str(DEMO_SCAN), None, False, 0
+    code = _preprocess(args)
+    print(f"look at {Path(args.out) / 'qc.png'}")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroad", description="NeuroAD: unsupervised anomaly detection in brain MRI."
+    )
+    parser.add_argument("--version", action="version", version=f"neuroad {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text,
+                                   epilog=EXAMPLES[name],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("preprocess", "Bring a scan onto the model grid (N4, MNI registration, brain "
+                              "mask, resampling, normalisation) and write a QC picture.")
+    p.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
+    p.add_argument("--skull-stripped", action="store_true",
+                   help="the input is already skull-stripped (detected automatically otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the registration sampling")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.set_defaults(run=_preprocess)
+
+    p = command("prepare-cohort", "Preprocess a healthy cohort (participants.csv + scans) into "
+                                  "a cache with a fixed-seed, age-stratified train/validation "
+                                  "split. Resumable.")
+    p.add_argument("data", help="folder with participants.csv (subject,age,sex,file) and scans")
+    p.add_argument("--cache", required=True, help="cache folder (created; resumed if present)")
+    p.add_argument("--validation-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--limit", type=int, help="only the first N subjects (for a quick look)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_prepare_cohort)
+
+    p = command("demo", "Run NeuroAD on the bundled demo scan (a raw clinical T1 with a glioma).")
+    p.add_argument("--out", default="neuroad-demo", help="output folder")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except NeuroADError as error:
+        print(f"neuroad: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("neuroad: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MemoryError:
+        print("neuroad: error: out of memory", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+    except Exception as error:  # noqa: BLE001 - last resort: report, never a bare traceback
+        print(f"neuroad: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Error types of the engine and the process exit codes they map to.
+
+Every failure a user can cause or meet has its own type, so that the command line, the worker
+and the Slicer module can tell the user what went wrong and what to do, and scripts can act on
+the exit code.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
+EXIT_MODEL = 4
+EXIT_OUT_OF_MEMORY = 5
+EXIT_CANCELLED = 6
+EXIT_OUTPUT = 7
+
+
+class NeuroADError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class InputError(NeuroADError):
+    """The input image or a covariate is missing, unreadable or not a usable brain MRI."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ModelError(NeuroADError):
+    """A model bundle is missing, corrupt or does not match what the run needs."""
+
+    exit_code = EXIT_MODEL
+
+
+class OutputError(NeuroADError):
+    """The output location cannot be written."""
+
+    exit_code = EXIT_OUTPUT
+
+
+class PreprocessingError(NeuroADError):
+    """Preprocessing failed on an input that passed the input checks (e.g. registration)."""
+
+    exit_code = EXIT_BAD_INPUT

@@ -1,0 +1,91 @@
+"""The `neuroad` command line: real runs, exit codes, no partial outputs, input untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import IXI_SCAN, require
+
+from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_OUTPUT
+
+
+def neuroad(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "NeuroADLib", *args, "--threads", "2"]
+                          if args and args[0] == "preprocess" else
+                          [sys.executable, "-m", "NeuroADLib", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_preprocess_writes_every_output_and_leaves_the_input_untouched(tmp_path):
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(require(IXI_SCAN).read_bytes())
+    before = digest(scan)
+    result = neuroad("preprocess", str(scan), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"image.nii.gz", "brain_mask.nii.gz", "native_brain_mask.nii.gz",
+                     "template_to_native.tfm", "preprocess.json", "qc.png"}
+    report = json.loads((tmp_path / "out" / "preprocess.json").read_text())
+    assert 1000 < report["quality"]["brain_volume_ml"] < 2000
+    assert "brain volume" in result.stdout
+    assert digest(scan) == before
+
+
+@pytest.mark.parametrize("case", ["missing", "constant", "2d", "garbage"])
+def test_bad_input_exit_code_and_no_outputs(tmp_path, case):
+    path = tmp_path / "scan.nii.gz"
+    if case == "constant":
+        sitk.WriteImage(sitk.GetImageFromArray(np.ones((10, 10, 10), np.float32)), str(path))
+    elif case == "2d":
+        sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(10, 10).astype(np.float32)),
+                        str(path))
+    elif case == "garbage":
+        path.write_bytes(b"garbage" * 100)
+    before = digest(path) if path.exists() else None
+    result = neuroad("preprocess", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stderr.startswith("neuroad: error:")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    if before:
+        assert digest(path) == before
+
+
+def test_non_head_volume_is_refused(tmp_path):
+    """A small cube of noise is not a head: brain extraction cannot find a plausible brain."""
+    path = tmp_path / "cube.nii.gz"
+    array = np.zeros((40, 40, 40), np.float32)
+    array[10:30, 10:30, 10:30] = np.random.default_rng(0).random((20, 20, 20)) + 1
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(path))
+    result = neuroad("preprocess", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert "plausible" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = neuroad("preprocess", str(tmp_path / "x.nii.gz"), "--out", str(blocker / "out"))
+    assert result.returncode == EXIT_OUTPUT
+    assert "not a folder" in result.stderr
+
+
+def test_help_has_examples():
+    for command in ("preprocess", "prepare-cohort", "demo"):
+        result = neuroad(command, "--help")
+        assert result.returncode == 0 and "example:" in result.stdout
