@@ -21,8 +21,6 @@ def n4_bias_correct(
     if not np.any(sitk.GetArrayViewFromImage(small_mask)):
         return image
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
-    # Its B-spline fit sums in thread order: one thread makes the field exactly reproducible.
-    corrector.SetNumberOfThreads(1)
     corrector.SetMaximumNumberOfIterations(list(iterations))
     corrector.Execute(small_image, small_mask)
     log_bias = corrector.GetLogBiasFieldAsImage(image)
