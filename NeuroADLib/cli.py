@@ -26,6 +26,8 @@ EXAMPLES = {
     "prepare-cohort": "example:\n  neuroad prepare-cohort ../shared/data/ixi_t1_2mm "
                       "--cache ~/.neuroad/cohorts/ixi_2mm --workers 2",
     "demo": "example:\n  neuroad demo --out neuroad-demo",
+    "synth": "example:\n  neuroad synth scan.nii.gz --out scan_lesioned --seed 3\n"
+             "  neuroad synth grid_image.nii.gz --out out --contrast flair --library my_masks/",
 }
 
 
@@ -65,6 +67,22 @@ def _prepare_cohort(args: argparse.Namespace) -> int:
           f"failed; {len(summary['split']['train'])} train, "
           f"{len(summary['split']['validation'])} validation")
     return 0 if not summary["failed"] else 3
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .outputs import check_writable
+    from .synthesis.files import synthesize_file
+    from .synthesis.lesions import SynthesisConfig
+
+    check_writable(args.out)
+    _threads(args.threads)
+    config = SynthesisConfig(contrast=args.contrast, lesions=(args.lesions, args.lesions))
+    report = synthesize_file(args.input, args.out, args.seed, config, args.library,
+                             args.brain_mask)
+    print(f"wrote {args.out}: image.nii.gz, lesion_mask.nii.gz, lesion_probability.nii.gz, "
+          f"brain_mask.nii.gz, synth.json; lesion volume {report['lesion_volume_ml']:.1f} mL "
+          f"in {report['synthesis_s']:.2f} s")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -110,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N subjects (for a quick look)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_prepare_cohort)
+
+    p = command("synth", "Add synthetic lesions (fluid-driven anomaly randomization) to a scan "
+                         "on the model grid, or to a native scan (preprocessed first).")
+    p.add_argument("input", help="a grid image or a native scan")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, required=True, help="seed: the same seed, the same lesions")
+    p.add_argument("--contrast", choices=["t1", "t1c", "t2", "flair"], default="t1")
+    p.add_argument("--lesions", type=int, default=2, help="number of lesions")
+    p.add_argument("--library", help="folder of lesion masks on the grid to draw shapes from")
+    p.add_argument("--brain-mask", help="brain mask (default: non-zero voxels of a grid image)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.set_defaults(run=_synth)
 
     p = command("demo", "Run NeuroAD on the bundled demo scan (a raw clinical T1 with a glioma).")
     p.add_argument("--out", default="neuroad-demo", help="output folder")
