@@ -165,6 +165,25 @@ def preprocess(
     return PreprocessResult(native, image_out, mask_out, native_mask, affine, grid, report)
 
 
+def preprocess_like(
+    source: str | os.PathLike | sitk.Image, reference: PreprocessResult
+) -> sitk.Image:
+    """Another contrast of the same session (already co-registered with the reference scan,
+    e.g. the FLAIR next to a T1) onto the grid with the reference's transform and brain mask:
+    N4 inside the brain, resampling, normalisation. Returns the normalised grid image."""
+    image = source if isinstance(source, sitk.Image) else read_volume(source)
+    brain = sitk.Resample(reference.native_brain_mask, image, sitk.Transform(),
+                          sitk.sitkNearestNeighbor, 0)
+    corrected = n4_bias_correct(image, brain)
+    on_grid = sitk.GetArrayFromImage(
+        native_to_grid(corrected, reference.template_to_native, reference.grid))
+    mask_grid = sitk.GetArrayFromImage(reference.brain_mask) > 0
+    normalised, _ = normalise_in_brain(on_grid, mask_grid)
+    result = sitk.GetImageFromArray(normalised)
+    result.CopyInformation(reference.image)
+    return result
+
+
 def _align(
     corrected: sitk.Image,
     head: np.ndarray,

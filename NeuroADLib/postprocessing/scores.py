@@ -1,0 +1,133 @@
+"""Subject-level scores: one number per scan saying how abnormal it is.
+
+Two families. Image-level scores summarise the anomaly map directly (max, mean, mean of the
+top k voxels or of an upper quantile). The normative route of CADD first turns the map into
+voxel-wise z-scores against healthy subjects (`ReferenceStatistics`, `zscore_map`), takes the
+mean of the most extreme z-scores (`abnormality_index`) and finally expresses that index in
+healthy standard deviations (`index_zscore`). All maps live on the model grid, so voxel v is
+the same anatomical location in every subject.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .thresholds import _in_mask
+
+_STD_FLOOR = 1e-6  # keeps a voxel that is constant over healthy subjects from dividing by 0
+
+
+@dataclass(frozen=True)
+class ReferenceStatistics:
+    """What healthy validation subjects look like: the voxel-wise mean and std of their
+    anomaly maps, and the mean and std of their abnormality indices (computed with
+    `top_fraction`)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    index_mean: float
+    index_std: float
+    top_fraction: float
+
+    @classmethod
+    def from_healthy_maps(
+        cls,
+        maps: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        top_fraction: float = 0.01,
+    ) -> ReferenceStatistics:
+        """Statistics of at least two healthy subjects' maps and brain masks. At each voxel
+        the mean and (population) std use only the subjects whose mask covers it; std is
+        floored at 1e-6, and is infinite where no mask covers the voxel so that its z-score is
+        0 (no evidence either way). The subjects' indices are computed with these same
+        statistics, i.e. in-sample."""
+        maps = np.stack([np.asarray(m, dtype=np.float64) for m in maps])
+        masks = np.stack([np.asarray(m, dtype=bool) for m in masks])
+        if maps.shape != masks.shape:
+            raise ValueError(f"maps {maps.shape} and masks {masks.shape} differ in shape")
+        if len(maps) < 2:
+            raise ValueError("reference statistics need at least two healthy subjects")
+        count = masks.sum(axis=0)
+        covered = count > 0
+        safe_count = np.maximum(count, 1)
+        mean = np.where(masks, maps, 0.0).sum(axis=0) / safe_count
+        variance = np.where(masks, (maps - mean) ** 2, 0.0).sum(axis=0) / safe_count
+        std = np.where(covered, np.maximum(np.sqrt(variance), _STD_FLOOR), np.inf)
+        voxel_statistics = cls(mean, std, 0.0, 1.0, top_fraction)
+        indices = [
+            abnormality_index(zscore_map(m, voxel_statistics), mask, top_fraction)
+            for m, mask in zip(maps, masks, strict=True)
+        ]
+        return cls(
+            mean=mean,
+            std=std,
+            index_mean=float(np.mean(indices)),
+            index_std=max(float(np.std(indices)), _STD_FLOOR),
+            top_fraction=top_fraction,
+        )
+
+
+def zscore_map(anomaly_map: np.ndarray, reference: ReferenceStatistics) -> np.ndarray:
+    """(map - healthy mean) / healthy std, voxel by voxel: how unusual each voxel's anomaly
+    score is for that location."""
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float64)
+    if anomaly_map.shape != reference.mean.shape:
+        raise ValueError(f"map {anomaly_map.shape} and reference {reference.mean.shape} "
+                         "differ in shape")
+    return (anomaly_map - reference.mean) / reference.std
+
+
+def _top_values(values: np.ndarray, count: int) -> np.ndarray:
+    """The `count` largest of `values` (in no particular order)."""
+    return np.partition(values, values.size - count)[values.size - count:]
+
+
+def abnormality_index(
+    z_map: np.ndarray, mask: np.ndarray, top_fraction: float = 0.01
+) -> float:
+    """CADD's extreme-value statistic: the mean of the highest `top_fraction` (1% or 5%) of
+    z-scores inside the brain mask, at least one voxel. Focal lesions move it strongly while
+    they barely change the whole-brain mean."""
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    values = _in_mask(z_map, mask)
+    count = max(1, math.ceil(top_fraction * values.size))
+    return float(np.mean(_top_values(values, count)))
+
+
+def index_zscore(index: float, reference: ReferenceStatistics) -> float:
+    """How many healthy standard deviations a subject's abnormality index lies above the
+    healthy mean (use the reference's `top_fraction` for the index)."""
+    return (index - reference.index_mean) / reference.index_std
+
+
+def max_score(anomaly_map: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Highest voxel score inside the mask: sensitive to one bright lesion, and to one
+    artefact."""
+    return float(np.max(_in_mask(anomaly_map, mask)))
+
+
+def mean_score(anomaly_map: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean voxel score inside the mask: robust, but diluted by the healthy brain."""
+    return float(np.mean(_in_mask(anomaly_map, mask)))
+
+
+def top_k_mean(anomaly_map: np.ndarray, mask: np.ndarray | None, k: int) -> float:
+    """Mean of the `k` highest voxel scores inside the mask: between max and mean."""
+    values = _in_mask(anomaly_map, mask)
+    if not 1 <= k <= values.size:
+        raise ValueError(f"k must be between 1 and {values.size}, got {k}")
+    return float(np.mean(_top_values(values, k)))
+
+
+def quantile_mean(anomaly_map: np.ndarray, mask: np.ndarray | None, q: float) -> float:
+    """Mean of the voxel scores at or above their q-quantile (0-1) inside the mask; never
+    empty, since the maximum always qualifies."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    values = _in_mask(anomaly_map, mask)
+    return float(np.mean(values[values >= np.quantile(values, q)]))

@@ -1,0 +1,55 @@
+"""The voxel-wise normative model against closed forms and scikit-learn's least squares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from NeuroADLib.methods.zscore import MIN_STD, VoxelNormativeModel, ZScoreConfig
+
+sklearn_linear = pytest.importorskip("sklearn.linear_model")
+
+
+def cohort(n=30, shape=(6, 7, 5), seed=0):
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, n)
+    slope = rng.normal(0, 0.003, shape)
+    images = [0.5 + slope * a + rng.normal(0, 0.05, shape) for a in ages]
+    masks = [np.ones(shape, bool) for _ in range(n)]
+    return images, masks, list(ages)
+
+
+def test_age_adjusted_fit_matches_least_squares():
+    images, masks, ages = cohort()
+    model = VoxelNormativeModel.fit(images, masks, ages,
+                                    ZScoreConfig(age_adjusted=True, smoothing_sigma_voxels=0))
+    x = np.stack(images).reshape(len(images), -1)
+    fit = sklearn_linear.LinearRegression().fit(np.array(ages)[:, None], x)
+    np.testing.assert_allclose(model.age_slope.ravel(), fit.coef_[:, 0], atol=1e-6)
+    np.testing.assert_allclose(model.expected(50.0).ravel(), fit.predict([[50.0]])[0], atol=1e-5)
+    residual = x - fit.predict(np.array(ages)[:, None])
+    expected_std = np.sqrt((residual**2).sum(0) / (len(ages) - 2))
+    np.testing.assert_allclose(model.std.ravel(), np.maximum(expected_std, MIN_STD), rtol=1e-5)
+
+
+def test_plain_model_is_mean_and_std_and_map_is_abs_z(tmp_path):
+    images, masks, _ = cohort()
+    config = ZScoreConfig(age_adjusted=False, smoothing_sigma_voxels=0)
+    model = VoxelNormativeModel.fit(images, masks, None, config)
+    x = np.stack(images)
+    np.testing.assert_allclose(model.mean, x.mean(0), atol=1e-6)
+    np.testing.assert_allclose(model.std, np.maximum(x.std(0, ddof=1), MIN_STD), rtol=1e-5)
+    test = images[0] + 0.3
+    brain = np.ones(test.shape, bool)
+    brain[0] = False
+    z = model.anomaly_map(test, brain)
+    np.testing.assert_allclose(z[1:], (np.abs(test - model.mean) / model.std)[1:], rtol=1e-5)
+    assert np.all(z[0] == 0)
+    loaded = VoxelNormativeModel.load(model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.anomaly_map(test, brain), z)
+
+
+def test_age_adjusted_model_needs_ages():
+    images, masks, _ = cohort(n=5)
+    with pytest.raises(ValueError, match="age"):
+        VoxelNormativeModel.fit(images, masks, None, ZScoreConfig(age_adjusted=True))
