@@ -26,6 +26,12 @@ EXAMPLES = {
     "prepare-cohort": "example:\n  neuroad prepare-cohort ../shared/data/ixi_t1_2mm "
                       "--cache ~/.neuroad/cohorts/ixi_2mm --workers 2",
     "demo": "example:\n  neuroad demo --out neuroad-demo",
+    "train": "example:\n  neuroad train zscore --cohort ~/neuroad-cache/ixi_2mm "
+             "--out models/zscore",
+    "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
+                       "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
+    "evaluate": "example:\n  neuroad evaluate --methods zscore --models models "
+                "--cases ~/neuroad-cache/benchmarks/synthetic/cases.csv --out results/synthetic",
     "synth": "example:\n  neuroad synth scan.nii.gz --out scan_lesioned --seed 3\n"
              "  neuroad synth grid_image.nii.gz --out out --contrast flair --library my_masks/",
 }
@@ -85,6 +91,43 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .methods.zscore import ZScoreConfig
+    from .outputs import check_writable
+    from .training.zscore import train_zscore
+
+    check_writable(args.out)
+    folder = train_zscore(args.cohort, args.out, ZScoreConfig(age_adjusted=not args.no_age))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, validation "
+          f"healthy FPR {manifest['metrics']['validation_healthy_fpr_at_threshold']:.4f}")
+    return 0
+
+
+def _make_benchmarks(args: argparse.Namespace) -> int:
+    from .evaluation.cases import build_real_set, build_synthetic_set, export_lesion_library
+
+    out = Path(args.out)
+    _threads(args.threads)
+    real = build_real_set(args.lesions, out / "real")
+    library = export_lesion_library(out / "real", out / "lesion_library")
+    synthetic = build_synthetic_set(args.cohort, out / "synthetic", args.versions, library,
+                                    args.seed)
+    print(f"wrote {real} and {synthetic} (lesion library: {library})")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.harness import evaluate
+    from .methods import load_method
+
+    methods = {name: load_method(name, Path(args.models) / name)
+               for name in args.methods.split(",")}
+    out = evaluate(methods, args.cases, args.out, show_progress=not args.quiet)
+    print((out / "summary.md").read_text())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     if not DEMO_SCAN.is_file():
         raise InputError(f"The bundled demo scan is missing ({DEMO_SCAN}); reinstall NeuroAD.")
@@ -140,6 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brain-mask", help="brain mask (default: non-zero voxels of a grid image)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_synth)
+
+    p = command("train", "Train a method on a prepared healthy cohort and calibrate it on the "
+                         "cohort's validation split.")
+    p.add_argument("method", choices=["zscore"])
+    p.add_argument("--cohort", required=True, help="cache written by neuroad prepare-cohort")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
+    p.set_defaults(run=_train)
+
+    p = command("make-benchmarks", "Build the benchmark sets: the real lesion cases on the "
+                                   "grid, a lesion library, and synthetic lesions on the "
+                                   "cohort's validation subjects.")
+    p.add_argument("--cohort", required=True)
+    p.add_argument("--lesions", required=True, help="folder of the real lesion cases")
+    p.add_argument("--out", required=True)
+    p.add_argument("--versions", type=int, default=3, help="lesioned copies per subject")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.set_defaults(run=_make_benchmarks)
+
+    p = command("evaluate", "Run methods on a benchmark manifest and summarise the metrics "
+                            "(per-case CSV, mean with 95% CI as JSON and markdown, pictures). "
+                            "Resumable: saved anomaly maps are reused.")
+    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--models", required=True, help="folder holding one model folder per method")
+    p.add_argument("--cases", required=True, help="benchmark manifest (cases.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_evaluate)
 
     p = command("demo", "Run NeuroAD on the bundled demo scan (a raw clinical T1 with a glioma).")
     p.add_argument("--out", default="neuroad-demo", help="output folder")

@@ -1,0 +1,83 @@
+"""What every method provides, its calibration, and loading a method by name."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from ..postprocessing import ReferenceStatistics
+
+CALIBRATION_WEIGHTS = "calibration.safetensors"
+CALIBRATION_JSON = "calibration.json"
+
+
+@dataclass
+class Calibration:
+    """Label-free calibration from healthy validation subjects: the anomaly-map threshold that
+    at most `fpr` of their brain voxels exceed, and the reference statistics of the CADD-style
+    abnormality index."""
+
+    threshold: float
+    fpr: float
+    reference: ReferenceStatistics
+
+    def save(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({"mean": self.reference.mean.astype(np.float32),
+                   "std": self.reference.std.astype(np.float32)},
+                  str(folder / CALIBRATION_WEIGHTS))
+        (folder / CALIBRATION_JSON).write_text(json.dumps({
+            "threshold": self.threshold, "fpr": self.fpr,
+            "index_mean": self.reference.index_mean, "index_std": self.reference.index_std,
+            "top_fraction": self.reference.top_fraction}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> Calibration:
+        from safetensors.numpy import load_file
+
+        arrays = load_file(str(folder / CALIBRATION_WEIGHTS))
+        meta = json.loads((folder / CALIBRATION_JSON).read_text())
+        reference = ReferenceStatistics(arrays["mean"], arrays["std"], meta["index_mean"],
+                                        meta["index_std"], meta["top_fraction"])
+        return cls(meta["threshold"], meta["fpr"], reference)
+
+
+@dataclass
+class LoadedMethod:
+    """A method ready to run: `anomaly_map(image, brain, age, sex)` and
+    `pseudo_healthy(image, brain, age, sex)` on grid arrays, plus its calibration."""
+
+    name: str
+    contrast: str
+    model: object
+    calibration: Calibration
+
+    def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                    sex: str | None = None) -> np.ndarray:
+        return self.model.anomaly_map(image, brain, age)
+
+    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                       sex: str | None = None) -> np.ndarray:
+        return self.model.expected(age) * brain
+
+
+def method_names() -> list[str]:
+    return ["zscore"]
+
+
+def load_method(name: str, folder: str | os.PathLike) -> LoadedMethod:
+    """Load a trained method from its model folder."""
+    folder = Path(folder)
+    if name not in method_names():
+        raise ModelError(f"Unknown method {name!r}; available: {', '.join(method_names())}.")
+    if not (folder / CALIBRATION_JSON).is_file():
+        raise ModelError(f"No trained {name} model in {folder} (calibration missing).")
+    from .zscore import VoxelNormativeModel
+
+    return LoadedMethod(name, "t1", VoxelNormativeModel.load(folder), Calibration.load(folder))

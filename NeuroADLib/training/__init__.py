@@ -1,0 +1,1 @@
+"""Training of every trainable part, each recording how it was made."""
