@@ -19,6 +19,7 @@ from .errors import (
 
 DEMO_FOLDER = Path(__file__).parent / "data" / "demo"
 DEMO_SCAN = DEMO_FOLDER / "tcga_fg_6692_t1.nii.gz"
+DEMO_AGE, DEMO_SEX = 50.0, "F"  # illustrative: not distributed with the image
 
 EXAMPLES = {
     "preprocess": "example:\n  neuroad preprocess scan.nii.gz --out scan_preprocessed\n"
@@ -26,6 +27,8 @@ EXAMPLES = {
     "prepare-cohort": "example:\n  neuroad prepare-cohort ../shared/data/ixi_t1_2mm "
                       "--cache ~/.neuroad/cohorts/ixi_2mm --workers 2",
     "demo": "example:\n  neuroad demo --out neuroad-demo",
+    "run": "example:\n  neuroad run scan.nii.gz --age 54 --sex F --method zscore --out results",
+    "models": "example:\n  neuroad models list\n  neuroad models verify",
     "train": "example:\n  neuroad train zscore --cohort ~/neuroad-cache/ixi_2mm "
              "--out models/zscore",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
@@ -128,13 +131,53 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    _threads(args.threads)
+    reports = run(args.input, args.age, args.sex, args.method, args.out, args.brain_mask,
+                  args.seed)
+    for name, report in reports.items():
+        print(f"{name}: abnormality index {report['abnormality_index']:.2f} "
+              f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
+              f"{report['lesions']['count']} anomalous regions, "
+              f"{report['lesions']['volume_ml']:.1f} mL")
+    print(f"wrote {args.out}: pseudo_healthy.nii.gz, anomaly_map.nii.gz, anomaly_mask.nii.gz, "
+          "report.json, summary.png")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import list_bundles, store_folder, verify_bundle
+
+    bundles = list_bundles()
+    for bundle in bundles:
+        status = ""
+        if args.action == "verify":
+            verify_bundle(bundle)
+            status = "  verified"
+        print(f"{bundle.id}  method={bundle.method}  {bundle.folder}{status}")
+    if not bundles:
+        print(f"no models (store: {store_folder()})")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     if not DEMO_SCAN.is_file():
         raise InputError(f"The bundled demo scan is missing ({DEMO_SCAN}); reinstall NeuroAD.")
-    args.input, args.brain_mask, args.skull_stripped, args.seed = str(DEMO_SCAN), None, False, 0
-    code = _preprocess(args)
-    print(f"look at {Path(args.out) / 'qc.png'}")
+    print(f"demo: {DEMO_SCAN.name}, a raw clinical T1 with a glioma (5.5 mm slices, skull on). "
+          f"Its age and sex are not distributed with it: the demo uses {DEMO_AGE:g} / {DEMO_SEX}.")
+    args.input, args.age, args.sex = str(DEMO_SCAN), DEMO_AGE, DEMO_SEX
+    args.method, args.brain_mask, args.seed = ["zscore"], None, 0
+    code = _run(args)
+    print(f"look at {Path(args.out) / 'summary.png'}")
     return code
+
+
+def method_choices() -> list[str]:
+    from .methods import method_names
+
+    return method_names()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_evaluate)
 
-    p = command("demo", "Run NeuroAD on the bundled demo scan (a raw clinical T1 with a glioma).")
+    p = command("run", "Run anomaly detection on a scan: pseudo-healthy image, anomaly map, "
+                       "anomaly mask and report, in the scan's own geometry.")
+    p.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder")
+    p.add_argument("--age", type=float, required=True, help="age in years (0-120)")
+    p.add_argument("--sex", required=True, choices=["F", "M"])
+    p.add_argument("--method", action="append", required=True, choices=method_choices(),
+                   help="method (repeat to compare several)")
+    p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.set_defaults(run=_run)
+
+    p = command("models", "List or verify the installed model bundles.")
+    p.add_argument("action", choices=["list", "verify"])
+    p.set_defaults(run=_models)
+
+    p = command("demo", "Run NeuroAD (zscore) on the bundled demo scan, a raw clinical T1 with a "
+                        "glioma.")
     p.add_argument("--out", default="neuroad-demo", help="output folder")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_demo)

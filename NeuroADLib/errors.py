@@ -45,3 +45,9 @@ class PreprocessingError(NeuroADError):
     """Preprocessing failed on an input that passed the input checks (e.g. registration)."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class Cancelled(NeuroADError):
+    """The run was cancelled (SIGTERM, a stop file, or the user)."""
+
+    exit_code = EXIT_CANCELLED

@@ -46,7 +46,8 @@ def orthogonal_slices(
         np.round(np.argwhere(labels).mean(axis=0)).astype(int)
         if labels.any() else np.array(volume.shape) // 2
     )
-    low, high = np.percentile(volume[labels] if labels.any() else volume, [0.5, 99.5])
+    signal = volume[volume != 0]
+    low, high = np.percentile(signal if signal.size else volume, [0.5, 99.5])
     scaled = np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0)
     z, y, x = centre
     panels = [

@@ -86,6 +86,7 @@ def test_unwritable_output(tmp_path):
 
 
 def test_help_has_examples():
-    for command in ("preprocess", "prepare-cohort", "demo"):
+    for command in ("preprocess", "prepare-cohort", "demo", "run", "synth", "train",
+                    "make-benchmarks", "evaluate", "models"):
         result = neuroad(command, "--help")
         assert result.returncode == 0 and "example:" in result.stdout

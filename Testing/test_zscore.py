@@ -1,4 +1,5 @@
-"""The voxel-wise normative model against closed forms and scikit-learn's least squares."""
+"""The voxel-wise normative model against closed forms and scikit-learn's least squares
+(to float16, the precision the model is stored at)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ def test_age_adjusted_fit_matches_least_squares():
                                     ZScoreConfig(age_adjusted=True, smoothing_sigma_voxels=0))
     x = np.stack(images).reshape(len(images), -1)
     fit = sklearn_linear.LinearRegression().fit(np.array(ages)[:, None], x)
-    np.testing.assert_allclose(model.age_slope.ravel(), fit.coef_[:, 0], atol=1e-6)
-    np.testing.assert_allclose(model.expected(50.0).ravel(), fit.predict([[50.0]])[0], atol=1e-5)
+    np.testing.assert_allclose(model.age_slope.ravel(), fit.coef_[:, 0], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(model.expected(50.0).ravel(), fit.predict([[50.0]])[0], rtol=2e-3)
     residual = x - fit.predict(np.array(ages)[:, None])
     expected_std = np.sqrt((residual**2).sum(0) / (len(ages) - 2))
-    np.testing.assert_allclose(model.std.ravel(), np.maximum(expected_std, MIN_STD), rtol=1e-5)
+    np.testing.assert_allclose(model.std.ravel(), np.maximum(expected_std, MIN_STD), rtol=1e-3)
 
 
 def test_plain_model_is_mean_and_std_and_map_is_abs_z(tmp_path):
@@ -37,8 +38,8 @@ def test_plain_model_is_mean_and_std_and_map_is_abs_z(tmp_path):
     config = ZScoreConfig(age_adjusted=False, smoothing_sigma_voxels=0)
     model = VoxelNormativeModel.fit(images, masks, None, config)
     x = np.stack(images)
-    np.testing.assert_allclose(model.mean, x.mean(0), atol=1e-6)
-    np.testing.assert_allclose(model.std, np.maximum(x.std(0, ddof=1), MIN_STD), rtol=1e-5)
+    np.testing.assert_allclose(model.mean, x.mean(0), rtol=1e-3)
+    np.testing.assert_allclose(model.std, np.maximum(x.std(0, ddof=1), MIN_STD), rtol=1e-3)
     test = images[0] + 0.3
     brain = np.ones(test.shape, bool)
     brain[0] = False

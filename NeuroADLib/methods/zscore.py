@@ -59,9 +59,8 @@ class VoxelNormativeModel:
             slope = np.tensordot(centred_age, x - mean, axes=1) / np.sum(centred_age**2)
             x = x - slope * centred_age[:, None, None, None]
             dof -= 1
-        std = np.sqrt(np.sum((x - mean) ** 2, axis=0) / dof)
-        return cls(mean.astype(np.float32), np.maximum(std, MIN_STD).astype(np.float32),
-                   slope.astype(np.float32), mean_age, support, config)
+        std = np.maximum(np.sqrt(np.sum((x - mean) ** 2, axis=0) / dof), MIN_STD)
+        return cls(_half(mean), _half(std), _half(slope), mean_age, support, config)
 
     def expected(self, age: float | None = None) -> np.ndarray:
         """The healthy expectation at an age (the pseudo-healthy image)."""
@@ -81,7 +80,8 @@ class VoxelNormativeModel:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean, "std": self.std, "age_slope": self.age_slope,
+        save_file({"mean": self.mean.astype(np.float16), "std": self.std.astype(np.float16),
+                   "age_slope": self.age_slope.astype(np.float16),
                    "support": self.support.astype(np.uint8)}, str(folder / "zscore.safetensors"))
         (folder / "zscore.json").write_text(json.dumps(
             {"config": asdict(self.config), "mean_age": self.mean_age}, indent=2))
@@ -92,10 +92,17 @@ class VoxelNormativeModel:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
-        arrays = load_file(str(folder / "zscore.safetensors"))
+        arrays = {k: v.astype(np.float32) for k, v in
+                  load_file(str(folder / "zscore.safetensors")).items()}
         meta = json.loads((folder / "zscore.json").read_text())
         return cls(arrays["mean"], arrays["std"], arrays["age_slope"], float(meta["mean_age"]),
                    arrays["support"].astype(bool), ZScoreConfig(**meta["config"]))
+
+
+def _half(array: np.ndarray) -> np.ndarray:
+    """Round to the stored precision (float16, which halves the bundle) so that the model that
+    is calibrated and evaluated is exactly the one that is saved."""
+    return array.astype(np.float16).astype(np.float32)
 
 
 def _smooth(image: np.ndarray, config: ZScoreConfig) -> np.ndarray:

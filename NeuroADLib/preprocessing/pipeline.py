@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from ..errors import InputError, PreprocessingError
 from ..grid import GridSpec
+from ..progress import Progress
 from ..templates import template_brain_mask, template_t1
 from ..volumes import geometry_of, read_volume
 from . import masks
@@ -29,6 +30,8 @@ from .intensity import NORMALISATION_PERCENTILE, normalise_in_brain
 from .registration import affine_to_template, deformable_brain_mask, initial_alignments
 from .spatial import affine_matrix, native_to_grid
 
+# Steps a preprocessing usually reports (for progress totals; retries add more).
+PREPROCESS_STEPS = 10
 # Brain (intracranial) volumes outside this range mean the extraction failed.
 PLAUSIBLE_BRAIN_ML = (900.0, 2200.0)
 # A registration whose brain mask is implausible or far from the template's brain on the grid
@@ -54,11 +57,14 @@ class PreprocessResult:
 
 @dataclass
 class _Timer:
+    progress: Progress = field(default_factory=Progress)
     timings: dict = field(default_factory=dict)
 
     @contextmanager
     def step(self, name: str):
-        """Time a step; a step run again (a retry) adds to its total."""
+        """Time a step (a step run again, a retry, adds to its total) after reporting it and
+        checking for cancellation."""
+        self.progress.step(f"preprocess: {name}")
         start = time.perf_counter()
         yield
         total = self.timings.get(name, 0.0) + time.perf_counter() - start
@@ -71,15 +77,17 @@ def preprocess(
     brain_mask: str | os.PathLike | sitk.Image | None = None,
     skull_stripped: bool | None = None,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> PreprocessResult:
     """Bring a native scan onto the model grid.
 
     `skull_stripped=None` detects an already skull-stripped scan (constant background, brain-
     sized foreground); True forces it, False forces extraction. A given `brain_mask` (native
-    space, any geometry covering the scan) replaces extraction.
+    space, any geometry covering the scan) replaces extraction. `progress` hears of every
+    step and may cancel between them.
     """
     grid = grid or GridSpec()
-    timer = _Timer()
+    timer = _Timer(progress or Progress())
     with timer.step("read"):
         native = source if isinstance(source, sitk.Image) else read_volume(source)
     with timer.step("reorient"):

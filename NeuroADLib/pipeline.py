@@ -1,0 +1,183 @@
+"""One scan through NeuroAD: native scan -> model grid -> method(s) -> results on the scan.
+
+For each method: `pseudo_healthy.nii.gz` (the method's healthy expectation inside the brain, in
+the scan's intensity units; the scan itself outside the brain), `anomaly_map.nii.gz`,
+`anomaly_mask.nii.gz` (the map above the method's healthy-calibrated threshold) and
+`report.json`, all with exactly the input's geometry, plus `summary.png`. Several methods share
+one preprocessing; each writes into its own sub-folder when more than one is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from . import __version__
+from .errors import InputError
+from .methods import LoadedMethod, load_method
+from .models import find_bundle, verify_bundle
+from .outputs import atomic_output_folder, check_writable
+from .postprocessing import abnormality_index, binarize, index_zscore, zscore_map
+from .preprocessing import grid_to_native, preprocess
+from .preprocessing.pipeline import PREPROCESS_STEPS
+from .progress import Progress
+from .qc import orthogonal_slices
+from .volumes import geometry_of, read_volume, write_volume
+
+SEXES = ("F", "M")
+
+
+def check_covariates(age: float | None, sex: str | None) -> tuple[float, str]:
+    if age is None:
+        raise InputError("Age is required (years, 0-120): the models are normative for age.")
+    if not np.isfinite(age) or not 0 <= age <= 120:
+        raise InputError(f"Age {age} is outside 0-120 years.")
+    if sex not in SEXES:
+        raise InputError(f"Sex must be F or M, not {sex!r}.")
+    return float(age), sex
+
+
+def run(
+    source: str | os.PathLike,
+    age: float,
+    sex: str,
+    methods: list[str],
+    out: str | os.PathLike,
+    brain_mask: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    loaded_methods: dict | None = None,
+) -> dict[str, dict]:
+    """Run methods on one scan and write their outputs; returns each method's report.
+    `progress` hears of every step and may cancel between them (no outputs are left then);
+    `loaded_methods` (name -> (bundle, method)) lets a persistent worker reuse loaded models."""
+    age, sex = check_covariates(age, sex)
+    check_writable(out)
+    progress = progress or Progress()
+    progress.total = 1 + PREPROCESS_STEPS + 3 * len(methods)
+    timings = {}
+    progress.step("load models")
+    start = time.perf_counter()
+    loaded = {}
+    for name in methods:
+        if loaded_methods is not None and name in loaded_methods:
+            loaded[name] = loaded_methods[name]
+            continue
+        bundle = find_bundle(name)
+        verify_bundle(bundle)
+        loaded[name] = (bundle, load_method(name, bundle.folder))
+        if loaded_methods is not None:
+            loaded_methods[name] = loaded[name]
+    timings["load_models"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    native = read_volume(source)
+    case = preprocess(native, brain_mask=brain_mask, seed=seed, progress=progress)
+    timings["preprocess"] = time.perf_counter() - start
+    grid_image = sitk.GetArrayFromImage(case.image)
+    brain = sitk.GetArrayFromImage(case.brain_mask) > 0
+
+    reports = {}
+    with atomic_output_folder(out) as staging:
+        for name, (bundle, method) in loaded.items():
+            folder = staging / name if len(loaded) > 1 else staging
+            folder.mkdir(exist_ok=True)
+            reports[name] = _run_method(method, bundle, case, native, grid_image, brain, age, sex,
+                                        folder, dict(timings), source, progress)
+    return reports
+
+
+def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_image: np.ndarray,
+                brain: np.ndarray, age: float, sex: str, folder: Path, timings: dict,
+                source, progress: Progress) -> dict:
+    progress.step(f"{method.name}: anomaly map")
+    start = time.perf_counter()
+    anomaly = method.anomaly_map(grid_image, brain, age, sex)
+    healthy = method.pseudo_healthy(grid_image, brain, age, sex)
+    timings["method"] = time.perf_counter() - start
+
+    progress.step(f"{method.name}: back to the scan")
+    start = time.perf_counter()
+    threshold = method.calibration.threshold
+    segmentation = binarize(anomaly, threshold, brain)
+    index = abnormality_index(zscore_map(anomaly, method.calibration.reference), brain,
+                              method.calibration.reference.top_fraction)
+    native_map = grid_to_native(_on_grid(anomaly, case.image), case.template_to_native, native)
+    native_mask = grid_to_native(_on_grid(segmentation.astype(np.uint8), case.image),
+                                 case.template_to_native, native, kind="mask")
+    scale = case.report["normalisation"]["scale"]
+    native_healthy = grid_to_native(_on_grid(healthy * scale, case.image),
+                                    case.template_to_native, native)
+    brain_native = sitk.GetArrayFromImage(case.native_brain_mask) > 0
+    pseudo = np.where(brain_native, sitk.GetArrayFromImage(native_healthy),
+                      sitk.GetArrayFromImage(native)).astype(np.float32)
+    pseudo_image = sitk.GetImageFromArray(pseudo)
+    pseudo_image.CopyInformation(native)
+    timings["to_native"] = time.perf_counter() - start
+
+    progress.step(f"{method.name}: writing")
+    write_volume(pseudo_image, folder / "pseudo_healthy.nii.gz")
+    write_volume(native_map, folder / "anomaly_map.nii.gz")
+    write_volume(native_mask, folder / "anomaly_mask.nii.gz")
+    _summary_picture(native, native_map, native_mask, folder / "summary.png",
+                     f"{method.name}  age {age:g}  sex {sex}")
+    mask_array = sitk.GetArrayFromImage(native_mask) > 0
+    _, lesions = ndimage.label(mask_array, structure=np.ones((3, 3, 3)))
+    report = {
+        "neuroad_version": __version__,
+        "input": {"path": str(source), "sha256": _sha256(Path(source)),
+                  "geometry": geometry_of(native)},
+        "covariates": {"age": age, "sex": sex},
+        "method": method.name,
+        "model": {"id": bundle.id, "version": bundle.manifest.get("version", ""),
+                  "folder": str(bundle.folder),
+                  "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()}},
+        "device": {"kind": "cpu", "platform": platform.platform()},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "threshold": {"value": threshold, "rule": f"healthy-calibrated: at most "
+                      f"{method.calibration.fpr:.1%} of healthy validation brain voxels above"},
+        "abnormality_index": index,
+        "abnormality_index_z": index_zscore(index, method.calibration.reference),
+        "lesions": {"count": int(lesions),
+                    "volume_ml": float(mask_array.sum() * np.prod(native.GetSpacing()) / 1000)},
+        "preprocessing": case.report,
+        "outputs": ["pseudo_healthy.nii.gz", "anomaly_map.nii.gz", "anomaly_mask.nii.gz",
+                    "summary.png"],
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def _on_grid(array: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.asarray(array))
+    image.CopyInformation(like)
+    return image
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _summary_picture(native: sitk.Image, anomaly: sitk.Image, mask: sitk.Image, path: Path,
+                     title: str) -> None:
+    """Input with the anomaly mask outline (top) and the anomaly map (bottom)."""
+    from PIL import Image, ImageDraw
+
+    top = orthogonal_slices(native, mask)
+    bottom = orthogonal_slices(anomaly, mask)
+    width = max(top.shape[1], bottom.shape[1])
+    strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in (top, bottom)]
+    picture = Image.new("RGB", (width, top.shape[0] + bottom.shape[0] + 14))
+    picture.paste(Image.fromarray(np.concatenate(strips, axis=0)), (0, 14))
+    ImageDraw.Draw(picture).text((2, 1), title, fill=(255, 255, 0))
+    picture.save(path)

@@ -1,0 +1,133 @@
+"""The worker process: `python -m NeuroADLib.worker REQUEST.json` (or `-` for stdin).
+
+The Slicer module, scripts and batch runs talk to NeuroAD through it. A request is one JSON
+object:
+
+    {"input": "scan.nii.gz", "age": 54, "sex": "F", "methods": ["zscore"], "out": "results",
+     "brain_mask": null, "seed": 0, "stop_file": null, "id": "any caller tag"}
+
+Events go to stdout, one JSON object per line: {"event": "stage", "stage"}, {"event":
+"progress", "stage", "step", "total", "eta_s", "peak_memory_mb"}, {"event": "log",
+"message"}, {"event": "result", "outputs", "reports"} or {"event": "error", "code", "type",
+"message"}. The process exits with the error's code (see NeuroADLib.errors). SIGTERM or the
+stop file cancels cooperatively at the next step, removing partial outputs. With
+`--persistent`, requests are read one per stdin line and models stay loaded between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from .errors import EXIT_INTERNAL, EXIT_OUT_OF_MEMORY, EXIT_USAGE, NeuroADError
+from .progress import Progress
+
+
+def emit(event: dict) -> None:
+    print(json.dumps(event, default=float), flush=True)
+
+
+def _peak_memory_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class _Events:
+    """Adds stage events and peak memory to the pipeline's progress events."""
+
+    def __init__(self, request_id) -> None:
+        self.request_id = request_id
+        self.stage = None
+
+    def __call__(self, event: dict) -> None:
+        stage = event.get("stage", "").split(":")[0]
+        if stage and stage != self.stage:
+            self.stage = stage
+            emit({"event": "stage", "stage": stage, "id": self.request_id})
+        emit({**event, "peak_memory_mb": _peak_memory_mb(), "id": self.request_id})
+
+
+def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -> int:
+    """Run one request, reporting events; returns the exit code."""
+    from .pipeline import run
+
+    request_id = request.get("id")
+    stop_file = request.get("stop_file")
+
+    def is_cancelled() -> bool:
+        return cancel.is_set() or bool(stop_file and Path(stop_file).exists())
+
+    try:
+        if "_invalid" in request:
+            raise _RequestError(f"The request is not a JSON object: {request['_invalid']}")
+        for key in ("input", "age", "sex", "methods", "out"):
+            if key not in request:
+                raise _RequestError(f"The request lacks {key!r}.")
+        progress = Progress(emit=_Events(request_id), is_cancelled=is_cancelled)
+        reports = run(request["input"], request["age"], request["sex"], request["methods"],
+                      request["out"], request.get("brain_mask"), request.get("seed", 0),
+                      progress, loaded)
+        out = Path(request["out"])
+        emit({"event": "result", "id": request_id, "peak_memory_mb": _peak_memory_mb(),
+              "outputs": sorted(str(p) for p in out.rglob("*") if p.is_file()),
+              "reports": {name: _summary(r) for name, r in reports.items()}})
+        return 0
+    except NeuroADError as error:
+        return _error(request_id, error.exit_code, type(error).__name__, str(error))
+    except MemoryError:
+        return _error(request_id, EXIT_OUT_OF_MEMORY, "OutOfMemory",
+                      "Out of memory: close other programs or run on a smaller machine load.")
+    except Exception as error:  # noqa: BLE001 - a worker reports every failure as an event
+        emit({"event": "log", "id": request_id, "message": traceback.format_exc()})
+        return _error(request_id, EXIT_INTERNAL, type(error).__name__, str(error))
+
+
+class _RequestError(NeuroADError):
+    exit_code = EXIT_USAGE
+
+
+def _summary(report: dict) -> dict:
+    return {key: report[key] for key in ("abnormality_index", "abnormality_index_z", "lesions",
+                                         "threshold", "timings_s")}
+
+
+def _error(request_id, code: int, kind: str, message: str) -> int:
+    emit({"event": "error", "id": request_id, "code": code, "type": kind, "message": message})
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m NeuroADLib.worker",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("request", nargs="?", default="-", help="request JSON file, - for stdin")
+    parser.add_argument("--persistent", action="store_true",
+                        help="serve one request per stdin line, keeping models loaded")
+    args = parser.parse_args(argv)
+    cancel = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
+    if args.persistent:
+        loaded: dict = {}
+        for line in sys.stdin:
+            if line.strip():
+                cancel.clear()
+                handle(_parse(line), cancel, loaded)
+        return 0
+    text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+    return handle(_parse(text), cancel)
+
+
+def _parse(text: str) -> dict:
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as error:
+        return {"_invalid": str(error)}
+    return request if isinstance(request, dict) else {"_invalid": "not an object"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

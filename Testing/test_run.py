@@ -1,0 +1,91 @@
+"""`neuroad run` with the bundled zscore model: outputs in the input's geometry, the report,
+and each bad input or bad bundle with its exit code and no outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import IXI_SCAN, require
+
+from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_USAGE
+from NeuroADLib.models import find_bundle
+from NeuroADLib.volumes import read_volume, same_geometry
+
+OUTPUTS = {"pseudo_healthy.nii.gz", "anomaly_map.nii.gz", "anomaly_mask.nii.gz", "report.json",
+           "summary.png"}
+
+
+def neuroad(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "NeuroADLib", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_run_writes_results_on_the_input_geometry(tmp_path):
+    scan = require(IXI_SCAN)
+    result = neuroad("run", str(scan), "--age", "38.8", "--sex", "M", "--method", "zscore",
+                     "--out", str(tmp_path / "out"), "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == OUTPUTS
+    native = read_volume(scan)
+    for name in ("pseudo_healthy.nii.gz", "anomaly_map.nii.gz", "anomaly_mask.nii.gz"):
+        assert same_geometry(sitk.ReadImage(str(out / name)), native, tolerance=1e-4), name
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "anomaly_mask.nii.gz")))
+    assert set(np.unique(mask)) <= {0, 1}
+    report = json.loads((out / "report.json").read_text())
+    assert report["covariates"] == {"age": 38.8, "sex": "M"}
+    assert report["model"]["id"] == find_bundle("zscore").id
+    assert report["threshold"]["rule"].startswith("healthy-calibrated")
+    assert {"load_models", "preprocess", "method", "to_native"} <= set(report["timings_s"])
+    # A healthy training-cohort scan flags little of its brain.
+    brain_ml = report["preprocessing"]["quality"]["brain_volume_ml"]
+    assert report["lesions"]["volume_ml"] < 0.05 * brain_ml
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--age", "-3", "--sex", "F"], EXIT_BAD_INPUT, "outside 0-120"),
+    (["--age", "130", "--sex", "F"], EXIT_BAD_INPUT, "outside 0-120"),
+    (["--age", "40", "--sex", "X"], EXIT_USAGE, "invalid choice"),
+    (["--sex", "F"], EXIT_USAGE, "--age"),
+])
+def test_bad_covariates(tmp_path, args, code, message):
+    result = neuroad("run", str(tmp_path / "scan.nii.gz"), *args, "--method", "zscore",
+                     "--out", str(tmp_path / "out"))
+    assert result.returncode == code
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_method(tmp_path):
+    result = neuroad("run", "scan.nii.gz", "--age", "40", "--sex", "F", "--method", "nope",
+                     "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_USAGE and "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_damaged_bundle_is_refused(tmp_path, damage):
+    store = tmp_path / "store"
+    shutil.copytree(find_bundle("zscore").folder, store / "zscore")
+    weights = store / "zscore" / "zscore.safetensors"
+    if damage == "corrupt":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        weights.unlink()
+    scan = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(10, 10, 10).astype(np.float32)),
+                    str(scan))
+    result = neuroad("run", str(scan), "--age", "40", "--sex", "F", "--method", "zscore",
+                     "--out", str(tmp_path / "out"), env={"NEUROAD_MODELS": str(store)})
+    assert result.returncode == EXIT_MODEL
+    assert ("corrupt" if damage == "corrupt" else "missing") in result.stderr
+    assert not (tmp_path / "out").exists()
