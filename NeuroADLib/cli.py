@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -14,7 +15,9 @@ from .errors import (
     EXIT_INTERNAL,
     EXIT_OUT_OF_MEMORY,
     InputError,
+    ModelError,
     NeuroADError,
+    UsageError,
 )
 
 DEMO_FOLDER = Path(__file__).parent / "data" / "demo"
@@ -28,7 +31,11 @@ EXAMPLES = {
                       "--cache ~/.neuroad/cohorts/ixi_2mm --workers 2",
     "demo": "example:\n  neuroad demo --out neuroad-demo",
     "run": "example:\n  neuroad run scan.nii.gz --age 54 --sex F --method zscore --out results",
-    "models": "example:\n  neuroad models list\n  neuroad models verify",
+    "batch": "example:\n  neuroad batch cases.csv --method zscore --out results\n"
+             "  (cases.csv: path,age,sex[,brain_mask,case])",
+    "models": "example:\n  neuroad models list\n  neuroad models verify\n"
+              "  neuroad models import zscore-ixi-2mm.zip\n"
+              "  neuroad models fetch https://host/model.zip --sha256 HEX",
     "train": "example:\n  neuroad train zscore --cohort ~/neuroad-cache/ixi_2mm "
              "--out models/zscore",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
@@ -147,9 +154,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    _threads(args.threads)
+    summary = run_batch(args.cases, args.method, args.out, show_progress=not args.quiet)
+    with summary.open() as handle:
+        statuses = [row["status"] for row in csv.DictReader(handle)]
+    failed = statuses.count("failed")
+    print(f"wrote {summary}: {len(statuses) - failed} cases done, {failed} failed")
+    return 0 if not failed else 3
+
+
 def _models(args: argparse.Namespace) -> int:
     from .models import list_bundles, store_folder, verify_bundle
+    from .models.store import delete_bundle, fetch_bundle, import_bundle
 
+    if args.action in ("import", "fetch", "delete", "info") and not args.target:
+        raise UsageError(f"neuroad models {args.action} needs a target (see --help).")
+    if args.action == "import":
+        print(f"imported {import_bundle(args.target).folder}")
+        return 0
+    if args.action == "fetch":
+        if not args.sha256:
+            raise UsageError("neuroad models fetch needs --sha256 of the zip (from its publisher).")
+        print(f"fetched {fetch_bundle(args.target, args.sha256).folder}")
+        return 0
+    if args.action == "delete":
+        print(f"deleted {delete_bundle(args.target)}")
+        return 0
+    if args.action == "info":
+        matches = [b for b in list_bundles() if args.target in (b.id, b.method)]
+        if not matches:
+            raise ModelError(f"No model {args.target!r}; see `neuroad models list`.")
+        print(json.dumps({**matches[0].manifest, "folder": str(matches[0].folder)}, indent=2))
+        return 0
     bundles = list_bundles()
     for bundle in bundles:
         status = ""
@@ -269,8 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_run)
 
-    p = command("models", "List or verify the installed model bundles.")
-    p.add_argument("action", choices=["list", "verify"])
+    p = command("batch", "Run every case of a CSV table (path, age, sex[, brain_mask, case]); a "
+                         "failing case is reported and the others go on. Resumable.")
+    p.add_argument("cases", help="CSV case table")
+    p.add_argument("--method", action="append", required=True, choices=method_choices())
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.set_defaults(run=_batch)
+
+    p = command("models", "List, verify, import, fetch, delete or describe model bundles.")
+    p.add_argument("action", choices=["list", "verify", "import", "fetch", "delete", "info"])
+    p.add_argument("target", nargs="?", help="import: folder or zip; fetch: URL; "
+                                             "delete/info: model id")
+    p.add_argument("--sha256", help="fetch: expected sha256 of the zip")
     p.set_defaults(run=_models)
 
     p = command("demo", "Run NeuroAD (zscore) on the bundled demo scan, a raw clinical T1 with a "

@@ -23,6 +23,12 @@ class NeuroADError(Exception):
     exit_code = EXIT_INTERNAL
 
 
+class UsageError(NeuroADError):
+    """The command or request itself is malformed (a missing field, a missing argument)."""
+
+    exit_code = EXIT_USAGE
+
+
 class InputError(NeuroADError):
     """The input image or a covariate is missing, unreadable or not a usable brain MRI."""
 

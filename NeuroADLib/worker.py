@@ -25,7 +25,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from .errors import EXIT_INTERNAL, EXIT_OUT_OF_MEMORY, EXIT_USAGE, NeuroADError
+from .errors import EXIT_INTERNAL, EXIT_OUT_OF_MEMORY, NeuroADError, UsageError
 from .progress import Progress
 
 
@@ -64,10 +64,10 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
 
     try:
         if "_invalid" in request:
-            raise _RequestError(f"The request is not a JSON object: {request['_invalid']}")
+            raise UsageError(f"The request is not a JSON object: {request['_invalid']}")
         for key in ("input", "age", "sex", "methods", "out"):
             if key not in request:
-                raise _RequestError(f"The request lacks {key!r}.")
+                raise UsageError(f"The request lacks {key!r}.")
         progress = Progress(emit=_Events(request_id), is_cancelled=is_cancelled)
         reports = run(request["input"], request["age"], request["sex"], request["methods"],
                       request["out"], request.get("brain_mask"), request.get("seed", 0),
@@ -85,10 +85,6 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
     except Exception as error:  # noqa: BLE001 - a worker reports every failure as an event
         emit({"event": "log", "id": request_id, "message": traceback.format_exc()})
         return _error(request_id, EXIT_INTERNAL, type(error).__name__, str(error))
-
-
-class _RequestError(NeuroADError):
-    exit_code = EXIT_USAGE
 
 
 def _summary(report: dict) -> dict:
