@@ -38,6 +38,8 @@ PLAUSIBLE_BRAIN_ML = (900.0, 2200.0)
 # is retried with other sampling seeds, this many times in all.
 MIN_DICE_WITH_TEMPLATE = 0.88
 REGISTRATION_ATTEMPTS = 3
+# Typical scalp plus skull thickness in adults, peeled off the head for the first registration.
+SCALP_AND_SKULL_MM = 12.0
 # Extra margin kept around the affine brain estimate for the deformable refinement, mm.
 DEFORMABLE_REGION_MM = 10.0
 
@@ -207,8 +209,9 @@ def _align(
     with timer.step("registration"):
         scalp = 0.0 if known_brain is not None else None
         starts = initial_alignments(head, corrected, template_brain, scalp_to_brain_mm=scalp)
-        moving = corrected if known_brain is None else _masked(corrected, known_brain)
-        affine, _ = affine_to_template(moving, template, template_brain, starts, seed=seed)
+        inside = known_brain if known_brain is not None else _without_scalp(head, spacing_zyx)
+        affine, _ = affine_to_template(_masked(corrected, inside), template, template_brain,
+                                       starts, seed=seed)
     if known_brain is not None:
         return affine, known_brain
     with timer.step("brain_extraction"):
@@ -244,6 +247,13 @@ def _read_mask(path: Path) -> sitk.Image:
         return read_volume(path)
     except InputError as error:
         raise InputError(f"Brain mask: {error}") from None
+
+
+def _without_scalp(head: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    """The head without its outer SCALP_AND_SKULL_MM: bright scalp fat would otherwise pull
+    the template brain outwards onto the scalp (seen on a thick-slice clinical T1)."""
+    inner = ndimage.binary_erosion(head, masks.ball(SCALP_AND_SKULL_MM, spacing_zyx))
+    return masks.largest_component(inner) if inner.any() else head
 
 
 def _masked(image: sitk.Image, mask: np.ndarray) -> sitk.Image:
