@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NEUROAD_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -37,3 +39,39 @@ def oblique_image(size=(40, 36, 24), spacing=(1.1, 0.9, 2.5), seed=0) -> sitk.Im
     image.SetSpacing(spacing)
     image.SetOrigin((-12.5, 30.25, -7.0))
     return image
+
+
+def ellipsoid_brain(shape: tuple[int, int, int]) -> np.ndarray:
+    grids = np.indices(shape)
+    centre = np.array(shape)[:, None, None, None] / 2
+    radii = np.array(shape)[:, None, None, None] * 0.4
+    return (((grids - centre) / radii) ** 2).sum(0) < 1
+
+
+def healthy_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A smooth fake 'brain' shared by all subjects plus subject-specific smooth noise."""
+    anatomy = ndimage.gaussian_filter(np.random.default_rng(99).random(shape), 2) * 2
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 0.05, shape), 1)
+    return (np.clip(0.3 + anatomy + noise, 0, 1) * ellipsoid_brain(shape)).astype(np.float32)
+
+
+def fabricated_cohort(root: Path, shape: tuple[int, int, int], n: int) -> Path:
+    """A prepared-cohort folder (cohort.csv + grid images and masks) of `n` fake subjects,
+    every fourth in validation."""
+    (root / "subjects").mkdir(parents=True)
+    rows = []
+    for k in range(n):
+        image = sitk.GetImageFromArray(healthy_volume(shape, k))
+        sitk.WriteImage(image, str(root / "subjects" / f"s{k}_image.nii.gz"))
+        mask = sitk.GetImageFromArray(ellipsoid_brain(shape).astype(np.uint8))
+        sitk.WriteImage(mask, str(root / "subjects" / f"s{k}_mask.nii.gz"))
+        rows.append({"subject": f"s{k}", "age": str(20 + 4 * k), "sex": "F", "file": "",
+                     "split": "validation" if k % 4 == 0 else "train",
+                     "image": f"subjects/s{k}_image.nii.gz",
+                     "brain_mask": f"subjects/s{k}_mask.nii.gz", "brain_volume_ml": "1",
+                     "ncc_with_template": "1", "status": "ok"})
+    with (root / "cohort.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
+from conftest import ellipsoid_brain, fabricated_cohort, healthy_volume
 
 from NeuroADLib.evaluation.harness import evaluate
 from NeuroADLib.methods import load_method
@@ -20,40 +20,20 @@ SHAPE = (20, 24, 20)
 
 
 def brain_mask() -> np.ndarray:
-    grids = np.indices(SHAPE)
-    centre = np.array(SHAPE)[:, None, None, None] / 2
-    return ((grids - centre) ** 2 / np.array([8.0, 10.0, 8.0])[:, None, None, None] ** 2).sum(0) < 1
+    return ellipsoid_brain(SHAPE)
 
 
 def healthy(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    anatomy = ndimage.gaussian_filter(np.random.default_rng(99).random(SHAPE), 2) * 2
-    noise = ndimage.gaussian_filter(rng.normal(0, 0.05, SHAPE), 1)
-    return (np.clip(0.3 + anatomy + noise, 0, 1) * brain_mask()).astype(np.float32)
+    return healthy_volume(SHAPE, seed)
 
 
-def write(array: np.ndarray, path) -> str:
+def write(array: np.ndarray, path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    return path.name
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort")
-    (root / "subjects").mkdir()
-    rows = []
-    for k in range(16):
-        write(healthy(k), root / "subjects" / f"s{k}_image.nii.gz")
-        write(brain_mask().astype(np.uint8), root / "subjects" / f"s{k}_mask.nii.gz")
-        rows.append({"subject": f"s{k}", "age": str(20 + 4 * k), "sex": "F", "file": "",
-                     "split": "validation" if k % 4 == 0 else "train",
-                     "image": f"subjects/s{k}_image.nii.gz",
-                     "brain_mask": f"subjects/s{k}_mask.nii.gz", "brain_volume_ml": "1",
-                     "ncc_with_template": "1", "status": "ok"})
-    with (root / "cohort.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    root = fabricated_cohort(tmp_path_factory.mktemp("cohort"), SHAPE, 16)
     models = tmp_path_factory.mktemp("models")
     train_zscore(root, models / "zscore")
     return models

@@ -37,6 +37,8 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     rows = read_manifest(cohort)
     train = [r for r in rows if r["split"] == "train" and (r["age"] or not config.age_adjusted)]
     validation = [r for r in rows if r["split"] == "validation"]
+    log = [f"zscore training on {cohort}: {len(train)} train, {len(validation)} validation "
+           f"subjects; config {asdict(config)}"]
     start = time.perf_counter()
     images, masks = _load(cohort, train)
     ages = [float(r["age"]) for r in train] if config.age_adjusted else None
@@ -50,11 +52,21 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
         reference=ReferenceStatistics.from_healthy_maps(val_maps, val_masks, INDEX_TOP_FRACTION))
     flagged = sum(int((m > calibration.threshold).sum()) for m in val_maps)
     seconds = time.perf_counter() - start
+    healthy_fpr = flagged / sum(int(m.sum()) for m in val_masks)
+    log += [f"fit and calibration: {seconds:.1f} s",
+            f"healthy-calibrated threshold (|z|) at {fpr:.1%}: {calibration.threshold:.4f}; "
+            f"realised validation healthy FPR {healthy_fpr:.5f}",
+            f"abnormality index of healthy validation subjects: mean "
+            f"{calibration.reference.index_mean:.3f}, std {calibration.reference.index_std:.3f}"]
     with atomic_output_folder(out) as staging:
         model.save(staging)
         calibration.save(staging)
+        (staging / "training.log").write_text("\n".join(log) + "\n")
         write_manifest(
-            staging, id="zscore-ixi-2mm", method="zscore", contrast="t1",
+            staging, id="zscore-ixi-2mm", method="zscore", version="1", contrast="t1",
+            description="Voxel-wise normative T1 intensity model (mean, std, linear age term) "
+                        "on the 2 mm MNI grid, trained on healthy IXI subjects.",
+            licence="CC BY-SA 3.0, as the IXI data it is derived from",
             covariates=["age"] if config.age_adjusted else [],
             grid=GridSpec().to_dict(), config=asdict(config),
             training_data={"cohort": str(cohort.resolve()), "dataset": "IXI (CC BY-SA 3.0)",
@@ -62,8 +74,9 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
                            "validation": [r["subject"] for r in validation]},
             calibration={"threshold": calibration.threshold, "healthy_fpr_target": fpr,
                          "index_top_fraction": INDEX_TOP_FRACTION},
-            metrics={"validation_healthy_fpr_at_threshold":
-                     flagged / sum(int(m.sum()) for m in val_masks),
+            metrics={"validation_healthy_fpr_at_threshold": healthy_fpr,
+                     "validation_abnormality_index_mean": calibration.reference.index_mean,
+                     "validation_abnormality_index_std": calibration.reference.index_std,
                      "training_seconds": round(seconds, 1)},
         )
     return Path(out)

@@ -1,0 +1,1 @@
+"""Neural network definitions (MONAI building blocks, configured by dataclasses)."""

@@ -1,0 +1,175 @@
+"""Training the first-stage autoencoder on the healthy cohort (CADD section 4.1; LDM stage one).
+
+Loss per step: L1 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) + adversarial_weight *
+least-squares patch-adversarial loss (after `adversarial_start` steps, so the autoencoder first
+learns to reconstruct). A perceptual term needs ImageNet/MedicalNet backbone weights, which are
+not available offline here; the manifest records that it was not used. Training runs on random
+brain-centred 64^3 patches with left-right flips; every step draws its patch and noise from
+seeds derived from (seed, step), so a resumed run continues exactly as an uninterrupted one.
+Checkpoints (weights as safetensors, optimiser states as tensor-only torch files) are written
+every `checkpoint_every` steps and resumed automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..cohort import read_manifest
+from ..evaluation.metrics import mae_psnr_ssim
+from ..networks.autoencoder import AUTOENCODER_CONFIGS, build_autoencoder, build_discriminator
+
+
+@dataclass(frozen=True)
+class AutoencoderTraining:
+    steps: int = 6000
+    patch: int = 64
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    kl_weight: float = 1e-8  # the CADD authors' related code
+    adversarial_weight: float = 1e-3  # idem
+    adversarial_start: int = 1000
+    checkpoint_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+
+
+def load_split(cohort: Path, split: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    rows = [r for r in read_manifest(cohort) if r["split"] == split]
+    images = [sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / r["image"]))) for r in rows]
+    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / r["brain_mask"]))) > 0
+             for r in rows]
+    return images, masks, [r["subject"] for r in rows]
+
+
+def random_patch(images: list[np.ndarray], masks: list[np.ndarray], size: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A size^3 crop centred on a random brain voxel of a random subject, randomly flipped
+    left-right (x is the last axis)."""
+    k = int(rng.integers(len(images)))
+    image, mask = images[k], masks[k]
+    centre = np.argwhere(mask)[int(rng.integers(int(mask.sum())))]
+    start = [int(np.clip(c - size // 2, 0, n - size)) for c, n in zip(centre, image.shape,
+                                                                     strict=True)]
+    patch = image[tuple(slice(s, s + size) for s in start)]
+    return patch[..., ::-1].copy() if rng.random() < 0.5 else patch.copy()
+
+
+def kl_divergence(mu, sigma):
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent voxels, averaged over the batch."""
+    import torch
+
+    terms = mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2)) - 1
+    return 0.5 * terms.flatten(1).sum(dim=1).mean()
+
+
+def reconstruction_quality(autoencoder, images: list[np.ndarray], masks: list[np.ndarray]
+                           ) -> dict[str, float]:
+    """Mean MAE / PSNR / SSIM inside the brain of whole-volume reconstructions (mean of z)."""
+    import torch
+
+    figures = []
+    with torch.no_grad():
+        for image, mask in zip(images, masks, strict=True):
+            x = torch.from_numpy(image[None, None].astype(np.float32))
+            mu, _ = autoencoder.encode(x)
+            recon = autoencoder.decode(mu)[0, 0].numpy().clip(0, 1) * mask
+            figures.append(mae_psnr_ssim(recon, image, mask))
+    return {key: float(np.mean([f[key] for f in figures])) for key in figures[0]}
+
+
+def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
+                      config_name: str = "default",
+                      training: AutoencoderTraining | None = None, log=print) -> Path:
+    """Train (or resume) and write `out/autoencoder.safetensors` with its manifest."""
+    import torch
+    from monai.losses import PatchAdversarialLoss
+    from safetensors.torch import load_file, save_file
+
+    from .provenance import write_manifest
+
+    training = training or AutoencoderTraining()
+    cohort, out = Path(cohort_dir), Path(out)
+    checkpoint = out / "checkpoint"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    images, masks, train_subjects = load_split(cohort, "train")
+    torch.manual_seed(training.seed)
+    autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[config_name])
+    discriminator = build_discriminator()
+    optimiser_g = torch.optim.Adam(autoencoder.parameters(), lr=training.learning_rate)
+    optimiser_d = torch.optim.Adam(discriminator.parameters(), lr=training.learning_rate)
+    adversarial = PatchAdversarialLoss(criterion="least_squares")
+    start_step, history = 0, []
+    if (checkpoint / "state.json").is_file():
+        state = json.loads((checkpoint / "state.json").read_text())
+        autoencoder.load_state_dict(load_file(str(checkpoint / "autoencoder.safetensors")))
+        discriminator.load_state_dict(load_file(str(checkpoint / "discriminator.safetensors")))
+        optimisers = torch.load(checkpoint / "optimisers.pt", weights_only=True)
+        optimiser_g.load_state_dict(optimisers["g"])
+        optimiser_d.load_state_dict(optimisers["d"])
+        start_step, history = state["step"], state["history"]
+        log(f"resumed at step {start_step}")
+
+    began = time.perf_counter()
+    for step in range(start_step, training.steps):
+        rng = np.random.default_rng([training.seed, step])
+        torch.manual_seed(training.seed * 1_000_003 + step)
+        batch = np.stack([random_patch(images, masks, training.patch, rng)
+                          for _ in range(training.batch_size)])
+        x = torch.from_numpy(batch[:, None].astype(np.float32))
+        reconstruction, mu, sigma = autoencoder(x)
+        l1 = (reconstruction - x).abs().mean()
+        kl = kl_divergence(mu, sigma)
+        loss = l1 + training.kl_weight * kl
+        use_adversary = step >= training.adversarial_start
+        if use_adversary:
+            fake = discriminator(reconstruction.contiguous().float())[-1]
+            loss = loss + training.adversarial_weight * adversarial(
+                fake, target_is_real=True, for_discriminator=False)
+        optimiser_g.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser_g.step()
+        d_loss = torch.tensor(0.0)
+        if use_adversary:
+            fake = discriminator(reconstruction.contiguous().detach())[-1]
+            real = discriminator(x.contiguous().detach())[-1]
+            d_loss = training.adversarial_weight * 0.5 * (
+                adversarial(fake, target_is_real=False, for_discriminator=True)
+                + adversarial(real, target_is_real=True, for_discriminator=True))
+            optimiser_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimiser_d.step()
+        history.append([step, l1.item(), kl.item(), d_loss.item()])
+        if (step + 1) % training.log_every == 0:
+            recent = np.array(history[-training.log_every:])
+            log(f"step {step + 1}/{training.steps}  l1 {recent[:, 1].mean():.4f}  "
+                f"kl {recent[:, 2].mean():.1f}  d {recent[:, 3].mean():.5f}  "
+                f"{(time.perf_counter() - began) / (step + 1 - start_step):.2f} s/step")
+        if (step + 1) % training.checkpoint_every == 0 or step + 1 == training.steps:
+            save_file(autoencoder.state_dict(), str(checkpoint / "autoencoder.safetensors"))
+            save_file(discriminator.state_dict(), str(checkpoint / "discriminator.safetensors"))
+            torch.save({"g": optimiser_g.state_dict(), "d": optimiser_d.state_dict()},
+                       checkpoint / "optimisers.pt")
+            (checkpoint / "state.json").write_text(json.dumps({"step": step + 1,
+                                                               "history": history}))
+
+    autoencoder.eval()
+    val_images, val_masks, val_subjects = load_split(cohort, "validation")
+    quality = reconstruction_quality(autoencoder, val_images, val_masks)
+    log(f"validation reconstruction inside the brain: {quality}")
+    save_file(autoencoder.state_dict(), str(out / "autoencoder.safetensors"))
+    write_manifest(
+        out, id=f"autoencoder-{config_name}-ixi-2mm", method="autoencoder", version="1",
+        config=AUTOENCODER_CONFIGS[config_name].to_dict(), config_name=config_name,
+        training=asdict(training), perceptual_loss="not used (no backbone weights offline)",
+        training_data={"cohort": str(cohort.resolve()), "train": train_subjects,
+                       "validation": val_subjects},
+        metrics={"validation_reconstruction": quality, "steps": training.steps},
+    )
+    return out
