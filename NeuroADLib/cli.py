@@ -37,7 +37,8 @@ EXAMPLES = {
               "  neuroad models import zscore-ixi-2mm.zip\n"
               "  neuroad models fetch https://host/model.zip --sha256 HEX",
     "train": "example:\n  neuroad train zscore --cohort ~/neuroad-cache/ixi_2mm "
-             "--out models/zscore",
+             "--out models/zscore\n  neuroad train autoencoder --cohort ~/neuroad-cache/ixi_2mm "
+             "--out models/autoencoder --config default",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore --models models "
@@ -107,6 +108,15 @@ def _train(args: argparse.Namespace) -> int:
     from .training.zscore import train_zscore
 
     check_writable(args.out)
+    if args.method == "autoencoder":
+        import torch
+
+        from .training.autoencoder import AutoencoderTraining, train_autoencoder
+
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        training = AutoencoderTraining(steps=args.steps) if args.steps else None
+        train_autoencoder(args.cohort, args.out, args.config, training)
+        return 0
     folder = train_zscore(args.cohort, args.out, ZScoreConfig(age_adjusted=not args.no_age))
     manifest = json.loads((folder / "manifest.json").read_text())
     print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, validation "
@@ -268,10 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "Train a method on a prepared healthy cohort and calibrate it on the "
                          "cohort's validation split.")
-    p.add_argument("method", choices=["zscore"])
+    p.add_argument("method", choices=["zscore", "autoencoder"])
     p.add_argument("--cohort", required=True, help="cache written by neuroad prepare-cohort")
-    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
+    p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
+                   help="autoencoder: named network size")
+    p.add_argument("--steps", type=int, help="autoencoder: training steps (default 6000)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
 
     p = command("make-benchmarks", "Build the benchmark sets: the real lesion cases on the "
