@@ -1,0 +1,92 @@
+"""CADD's Algorithm 1 with denoisers whose answers are known in closed form."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from NeuroADLib.diffusion import GaussianDiffusion  # noqa: E402
+from NeuroADLib.diffusion.inpainting import (  # noqa: E402
+    InpaintingSettings,
+    denoise_chains,
+    inpainting_masks,
+    kl_guided_inpainting,
+    noised_latents,
+)
+from NeuroADLib.networks.latte import LATTE_CONFIGS, LatteTransformer  # noqa: E402
+
+DIFFUSION = GaussianDiffusion()
+
+
+def oracle(z0: torch.Tensor, wrong: torch.Tensor | None = None):
+    """A denoiser that knows z0: it returns the exact noise (and the posterior variance),
+    plus an error inside the boolean region `wrong`."""
+    def model(z, t):
+        abar = DIFFUSION.alphas_cumprod[t].float().reshape(-1, 1, 1, 1, 1)
+        eps = (z - abar.sqrt() * z0) / (1 - abar).sqrt()
+        if wrong is not None:
+            eps = eps + 2.0 * wrong
+        return torch.cat([eps, -torch.ones_like(eps)], dim=1)
+    return model
+
+
+def test_levels_follow_the_paper():
+    assert InpaintingSettings().levels == [50, 100, 150, 200, 250]
+    assert InpaintingSettings(t_int=1000).levels[-1] == 1000
+    with pytest.raises(ValueError, match="divide"):
+        InpaintingSettings(respacing=3)
+
+
+def test_masks_are_subject_and_cohort_percentile_and():
+    kl = torch.arange(2 * 4 * 5 * 5, dtype=torch.float32).reshape(2, 4, 5, 5)
+    cohort = torch.full((2, 4, 5, 5), 150.0)
+    masks = inpainting_masks(kl, cohort, 95.0)
+    subject = torch.quantile(kl.flatten(1), 0.95, dim=1)
+    expected = (kl > subject[:, None, None, None]) & (kl > 150.0)
+    assert torch.equal(masks, expected)
+    assert masks[0].sum() == 0 and masks[1].sum() == 5  # level 0 never beats the cohort
+
+
+@pytest.mark.parametrize("respacing", [1, 10])
+def test_a_perfect_denoiser_returns_the_input(respacing):
+    z0 = torch.randn(1, 3, 4, 5, 4, generator=torch.Generator().manual_seed(3))
+    settings = InpaintingSettings(t_int=100, respacing=respacing)
+    result = kl_guided_inpainting(DIFFUSION, oracle(z0), z0, settings, None)
+    assert result["kl"].abs().max() < 1e-3
+    torch.testing.assert_close(result["latent"], z0, atol=1e-4, rtol=1e-4)
+
+
+def test_only_the_anomalous_region_is_inpainted():
+    z0 = torch.randn(1, 3, 6, 6, 6, generator=torch.Generator().manual_seed(4))
+    wrong = torch.zeros(1, 3, 6, 6, 6)
+    wrong[..., :2, :2, :2] = 1.0  # the denoiser disagrees with z0 in one corner
+    settings = InpaintingSettings(t_int=100, respacing=10)
+    # A healthy cohort on which this denoiser is exact would give near-zero percentiles.
+    cohort = torch.full((len(settings.levels), 6, 6, 6), 1e-2)
+    result = kl_guided_inpainting(DIFFUSION, oracle(z0, wrong), z0, settings, cohort)
+    masks = result["masks"]
+    assert masks.any() and not masks[:, 2:, :, :].any()  # masks stay in the corner
+    outside = torch.ones(6, 6, 6, dtype=torch.bool)
+    outside[:2, :2, :2] = False
+    assert torch.equal(result["latent"][0][:, outside], z0[0][:, outside])  # healthy kept
+    assert not torch.equal(result["latent"], z0)
+
+
+def test_batched_chains_equal_separate_chains():
+    torch.manual_seed(0)
+    network = LatteTransformer(LATTE_CONFIGS["tiny"])
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.05)
+
+    def model(z, t):
+        with torch.no_grad():
+            return network(z, t, torch.full((len(t),), 50.0), torch.ones(len(t)))
+
+    z0 = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(5))
+    zu, _ = noised_latents(DIFFUSION, z0, [50, 100], seed=7)
+    together = denoise_chains(DIFFUSION, model, zu, [50, 100], respacing=10, seed=7)
+    first = denoise_chains(DIFFUSION, model, zu[:1], [50], respacing=10, seed=7)
+    second = denoise_chains(DIFFUSION, model, zu[1:], [100], respacing=10, seed=7)
+    torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-5, rtol=1e-5)
