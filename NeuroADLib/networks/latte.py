@@ -135,21 +135,24 @@ class LatteTransformer(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def condition(self, t: torch.Tensor, age: torch.Tensor | None,
-                  sex: torch.Tensor | None) -> torch.Tensor:
-        """c = t_emb + f_psi(age, sex); sex is +1 (F) / -1 (M)."""
+    def condition(self, t: torch.Tensor, age: torch.Tensor | None, sex: torch.Tensor | None,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+        """c = t_emb + f_psi(age, sex), sex +1 (F) / -1 (M). Without age and sex (or where
+        `keep` is 0: covariate dropout in training) the covariate term is left out, so one
+        model also serves the "without covariates" ablation."""
         c = self.time_mlp(timestep_embedding(t, self.config.hidden))
-        if self.config.use_covariates:
-            covariates = torch.stack([age.float() / AGE_SCALE, sex.float()], dim=1)
-            c = c + self.covariates(covariates)
+        if self.config.use_covariates and age is not None and sex is not None:
+            covariates = self.covariates(torch.stack([age.float() / AGE_SCALE, sex.float()], 1))
+            c = c + (covariates if keep is None else keep.float()[:, None] * covariates)
         return c
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, age: torch.Tensor | None = None,
-                sex: torch.Tensor | None = None) -> torch.Tensor:
+                sex: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                ) -> torch.Tensor:
         batch = z.shape[0]
         p, channels = self.config.patch, self.config.latent_channels
         x = self.embed(z).flatten(2).transpose(1, 2) + self.position
-        c = self.condition(t, age, sex)
+        c = self.condition(t, age, sex, keep)
         for block in self.blocks:
             x = block(x, c, self.grid)
         shift, scale = self.final_modulation(c).chunk(2, dim=1)
