@@ -50,3 +50,34 @@ def test_resumed_training_equals_uninterrupted(stage_one, tmp_path):
     assert manifest["config"]["latent_shape"] == [4, 4, 4]
     assert manifest["latent_scale"] > 0
     assert manifest["autoencoder"]["id"].startswith("autoencoder-tiny")
+
+
+def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from NeuroADLib.diffusion.inpainting import InpaintingSettings
+    from NeuroADLib.methods import load_method
+    from NeuroADLib.training.cadd_bundle import build_cadd_bundle
+
+    cohort, autoencoder = stage_one
+    transformer = train_latent_diffusion(cohort, autoencoder, tmp_path / "transformer", "tiny",
+                                         LatentDiffusionTraining(steps=2, batch_size=2),
+                                         log=quiet)
+    settings = InpaintingSettings(t_int=100, respacing=10)
+    bundle = build_cadd_bundle(cohort, autoencoder, transformer, tmp_path / "cadd", settings,
+                               log=quiet)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["metrics"]["validation_reconstruction"]) == {
+        "cadd", "cadd_nocov", "cadd_noinpaint", "ldm", "ldm_tavg"}
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "subjects" / "s1_image.nii.gz")))
+    brain = image > 0
+    maps = {}
+    for name in ("cadd", "ldm"):
+        method = load_method(name, bundle)
+        assert method.calibration.threshold > 0
+        maps[name] = method.anomaly_map(image, brain, 44.0, "F")
+        assert maps[name].shape == image.shape and np.all(maps[name][~brain] == 0)
+    assert not np.array_equal(maps["cadd"], maps["ldm"])
+    again = load_method("cadd", bundle).anomaly_map(image, brain, 44.0, "F")
+    assert np.array_equal(again, maps["cadd"])  # seeded inference: same input, same output

@@ -12,8 +12,7 @@ import numpy as np
 from ..errors import ModelError
 from ..postprocessing import ReferenceStatistics
 
-CALIBRATION_WEIGHTS = "calibration.safetensors"
-CALIBRATION_JSON = "calibration.json"
+CALIBRATION = "calibration"
 
 
 @dataclass
@@ -26,25 +25,27 @@ class Calibration:
     fpr: float
     reference: ReferenceStatistics
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, name: str = CALIBRATION) -> None:
         from safetensors.numpy import save_file
 
         # Half precision keeps bundles small; the index moves by far less than its spread.
         save_file({"mean": self.reference.mean.astype(np.float16),
                    "std": self.reference.std.astype(np.float16)},
-                  str(folder / CALIBRATION_WEIGHTS))
-        (folder / CALIBRATION_JSON).write_text(json.dumps({
+                  str(folder / f"{name}.safetensors"))
+        (folder / f"{name}.json").write_text(json.dumps({
             "threshold": self.threshold, "fpr": self.fpr,
             "index_mean": self.reference.index_mean, "index_std": self.reference.index_std,
             "top_fraction": self.reference.top_fraction}, indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> Calibration:
+    def load(cls, folder: Path, name: str = CALIBRATION) -> Calibration:
         from safetensors.numpy import load_file
 
+        if not (folder / f"{name}.json").is_file():
+            raise ModelError(f"The model in {folder} has no calibration {name!r}.")
         arrays = {k: v.astype(np.float32) for k, v in
-                  load_file(str(folder / CALIBRATION_WEIGHTS)).items()}
-        meta = json.loads((folder / CALIBRATION_JSON).read_text())
+                  load_file(str(folder / f"{name}.safetensors")).items()}
+        meta = json.loads((folder / f"{name}.json").read_text())
         reference = ReferenceStatistics(arrays["mean"], arrays["std"], meta["index_mean"],
                                         meta["index_std"], meta["top_fraction"])
         return cls(meta["threshold"], meta["fpr"], reference)
@@ -62,15 +63,17 @@ class LoadedMethod:
 
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
                     sex: str | None = None) -> np.ndarray:
-        return self.model.anomaly_map(image, brain, age)
+        return self.model.anomaly_map(image, brain, age, sex)
 
     def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
                        sex: str | None = None) -> np.ndarray:
-        return self.model.expected(age) * brain
+        return self.model.pseudo_healthy(image, brain, age, sex)
 
 
 def method_names() -> list[str]:
-    return ["zscore"]
+    from .cadd import VARIANTS
+
+    return ["zscore", *VARIANTS]
 
 
 def load_method(name: str, folder: str | os.PathLike) -> LoadedMethod:
@@ -78,8 +81,12 @@ def load_method(name: str, folder: str | os.PathLike) -> LoadedMethod:
     folder = Path(folder)
     if name not in method_names():
         raise ModelError(f"Unknown method {name!r}; available: {', '.join(method_names())}.")
-    if not (folder / CALIBRATION_JSON).is_file():
-        raise ModelError(f"No trained {name} model in {folder} (calibration missing).")
-    from .zscore import VoxelNormativeModel
+    if name == "zscore":
+        from .zscore import VoxelNormativeModel
 
-    return LoadedMethod(name, "t1", VoxelNormativeModel.load(folder), Calibration.load(folder))
+        return LoadedMethod(name, "t1", VoxelNormativeModel.load(folder),
+                            Calibration.load(folder))
+    from .cadd import load_cadd
+
+    return LoadedMethod(name, "t1", load_cadd(folder, name),
+                        Calibration.load(folder, f"calibration_{name}"))

@@ -68,8 +68,12 @@ class VoxelNormativeModel:
             return self.mean
         return self.mean + self.age_slope * np.float32(age - self.mean_age)
 
+    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                       sex: str | None = None) -> np.ndarray:
+        return self.expected(age) * brain
+
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray,
-                    age: float | None = None) -> np.ndarray:
+                    age: float | None = None, sex: str | None = None) -> np.ndarray:
         """|z| inside the brain and the model's support, 0 elsewhere."""
         z = (_smooth(image, self.config) - self.expected(age)) / self.std
         return (np.abs(z) * (brain.astype(bool) & self.support)).astype(np.float32)

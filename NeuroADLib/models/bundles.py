@@ -56,7 +56,7 @@ def list_bundles() -> list[Bundle]:
 def find_bundle(method: str) -> Bundle:
     """The first bundle of a method (the store's take precedence over shipped ones)."""
     for bundle in list_bundles():
-        if bundle.method == method:
+        if method == bundle.method or method in bundle.manifest.get("variants", []):
             return bundle
     raise ModelError(
         f"No model for method {method!r} in {store_folder()} or in the package. Import or fetch "

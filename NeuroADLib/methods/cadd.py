@@ -1,0 +1,133 @@
+"""CADD (context-aware disease deviations) and the baselines and ablations of its tables, all
+from one trained pair (first-stage autoencoder + Latte latent DDPM) and one bundle.
+
+    cadd            Algorithm 1: KL-guided inpainting, conditioned on age and sex
+    cadd_nocov      the same without covariates (ablation)
+    cadd_noinpaint  denoise from every level with covariates, average, no masks (ablation)
+    ldm             reconstruct from T_int without inpainting or covariates (LDM baseline)
+    ldm_tavg        average of reconstructions from every level (LDM T_avg baseline)
+
+The anomaly map is the voxel-wise absolute error |x - x^| inside the brain (CADD's map), x^
+the decoded pseudo-healthy image. Each variant carries its own healthy calibration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..diffusion import GaussianDiffusion
+from ..diffusion.inpainting import InpaintingSettings, kl_guided_inpainting, kl_maps, reconstruct
+from ..networks.latte import LatteConfig, LatteTransformer
+
+
+@dataclass(frozen=True)
+class Variant:
+    inpaint: bool
+    covariates: bool
+    all_levels: bool = True
+
+
+VARIANTS = {
+    "cadd": Variant(inpaint=True, covariates=True),
+    "cadd_nocov": Variant(inpaint=True, covariates=False),
+    "cadd_noinpaint": Variant(inpaint=False, covariates=True),
+    "ldm": Variant(inpaint=False, covariates=False, all_levels=False),
+    "ldm_tavg": Variant(inpaint=False, covariates=False),
+}
+PERCENTILES_FILE = "kl_percentiles.safetensors"
+
+
+@dataclass
+class CADDModel:
+    autoencoder: torch.nn.Module
+    transformer: LatteTransformer
+    latent_scale: float
+    settings: InpaintingSettings
+    variant: Variant
+    cohort_percentiles: dict[str, torch.Tensor]
+    diffusion: GaussianDiffusion
+
+    def denoiser(self, age: float | None, sex: str | None):
+        """The network with this subject's covariates bound (or none, for the variants
+        without covariates)."""
+        use = self.variant.covariates and age is not None and sex in ("F", "M")
+
+        def model(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            n = len(t)
+            with torch.no_grad():
+                if not use:
+                    return self.transformer(z, t)
+                return self.transformer(z, t, torch.full((n,), float(age)),
+                                        torch.full((n,), 1.0 if sex == "F" else -1.0))
+        return model
+
+    @torch.no_grad()
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        mu, _ = self.autoencoder.encode(torch.from_numpy(image[None, None].astype(np.float32)))
+        return mu * self.latent_scale
+
+    @torch.no_grad()
+    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                       sex: str | None = None) -> np.ndarray:
+        z0 = self.encode(image)
+        model = self.denoiser(age, sex)
+        levels = self.settings.levels if self.variant.all_levels else [self.settings.t_int]
+        if self.variant.inpaint:
+            key = "covariates" if self.variant.covariates else "none"
+            latent = kl_guided_inpainting(self.diffusion, model, z0, self.settings,
+                                          self.cohort_percentiles.get(key))["latent"]
+        else:
+            latent = reconstruct(self.diffusion, model, z0, levels, self.settings.respacing,
+                                 self.settings.seed)
+        decoded = self.autoencoder.decode(latent / self.latent_scale)[0, 0].numpy()
+        return (np.clip(decoded, 0.0, 1.0) * brain).astype(np.float32)
+
+    def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                    sex: str | None = None) -> np.ndarray:
+        healthy = self.pseudo_healthy(image, brain, age, sex)
+        return (np.abs(image - healthy) * brain).astype(np.float32)
+
+
+def cohort_kl_percentiles(model: CADDModel, images: list[np.ndarray], ages: list, sexes: list,
+                          percentile: float = 95.0) -> torch.Tensor:
+    """KL_{P95}^{val}(U): per level and latent position, the percentile of KL_U over healthy
+    validation subjects (the authors' code lacks this function; derived from the paper)."""
+    maps = torch.stack([kl_maps(model.diffusion, model.denoiser(age, sex), model.encode(image),
+                                model.settings)
+                        for image, age, sex in zip(images, ages, sexes, strict=True)])
+    return torch.quantile(maps, percentile / 100.0, dim=0)
+
+
+def load_cadd(folder: str | Path, variant: str, settings: InpaintingSettings | None = None
+              ) -> CADDModel:
+    """A CADD variant from its bundle folder: autoencoder/, transformer/, kl percentiles."""
+    from safetensors.torch import load_file
+
+    from ..training.latent_diffusion import load_autoencoder
+
+    folder = Path(folder)
+    autoencoder, _ = load_autoencoder(folder / "autoencoder")
+    manifest = json.loads((folder / "transformer" / "manifest.json").read_text())
+    config = LatteConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in manifest["config"].items()})
+    transformer = LatteTransformer(config)
+    transformer.load_state_dict(load_file(str(folder / "transformer" /
+                                              "transformer.safetensors")))
+    percentiles = {}
+    if (folder / PERCENTILES_FILE).is_file():
+        percentiles = dict(load_file(str(folder / PERCENTILES_FILE)))
+    bundle = json.loads((folder / "manifest.json").read_text()) if (
+        folder / "manifest.json").is_file() else {}
+    settings = settings or InpaintingSettings(**bundle.get("inference", {}))
+    return CADDModel(autoencoder, transformer.eval(), float(manifest["latent_scale"]),
+                     settings, VARIANTS[variant], percentiles, GaussianDiffusion())
+
+
+def with_settings(model: CADDModel, **changes) -> CADDModel:
+    """The same model with other inference settings (T_int, respacing, seed)."""
+    return replace(model, settings=replace(model.settings, **changes))
