@@ -38,7 +38,11 @@ EXAMPLES = {
               "  neuroad models fetch https://host/model.zip --sha256 HEX",
     "train": "example:\n  neuroad train zscore --cohort ~/neuroad-cache/ixi_2mm "
              "--out models/zscore\n  neuroad train autoencoder --cohort ~/neuroad-cache/ixi_2mm "
-             "--out models/autoencoder --config default",
+             "--out models/autoencoder --config default\n"
+             "  neuroad train transformer --cohort ~/neuroad-cache/ixi_2mm "
+             "--autoencoder models/autoencoder --out models/transformer\n"
+             "  neuroad train cadd --cohort ~/neuroad-cache/ixi_2mm "
+             "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore --models models "
@@ -108,14 +112,30 @@ def _train(args: argparse.Namespace) -> int:
     from .training.zscore import train_zscore
 
     check_writable(args.out)
-    if args.method == "autoencoder":
+    if args.method in ("autoencoder", "transformer", "cadd"):
         import torch
 
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if args.method == "autoencoder":
         from .training.autoencoder import AutoencoderTraining, train_autoencoder
 
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
         training = AutoencoderTraining(steps=args.steps) if args.steps else None
         train_autoencoder(args.cohort, args.out, args.config, training)
+        return 0
+    if args.method == "transformer":
+        from .training.latent_diffusion import LatentDiffusionTraining, train_latent_diffusion
+
+        if not args.autoencoder:
+            raise UsageError("neuroad train transformer needs --autoencoder FOLDER.")
+        training = LatentDiffusionTraining(steps=args.steps) if args.steps else None
+        train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training)
+        return 0
+    if args.method == "cadd":
+        from .training.cadd_bundle import build_cadd_bundle
+
+        if not (args.autoencoder and args.transformer):
+            raise UsageError("neuroad train cadd needs --autoencoder and --transformer.")
+        build_cadd_bundle(args.cohort, args.autoencoder, args.transformer, args.out)
         return 0
     folder = train_zscore(args.cohort, args.out, ZScoreConfig(age_adjusted=not args.no_age))
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -278,13 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "Train a method on a prepared healthy cohort and calibrate it on the "
                          "cohort's validation split.")
-    p.add_argument("method", choices=["zscore", "autoencoder"])
+    p.add_argument("method", choices=["zscore", "autoencoder", "transformer", "cadd"],
+                   help="zscore; or CADD's stages: autoencoder, transformer (needs "
+                        "--autoencoder), cadd (calibrates the bundle of both stages)")
     p.add_argument("--cohort", required=True, help="cache written by neuroad prepare-cohort")
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
-                   help="autoencoder: named network size")
-    p.add_argument("--steps", type=int, help="autoencoder: training steps (default 6000)")
+                   help="autoencoder / transformer: named network size")
+    p.add_argument("--steps", type=int, help="autoencoder / transformer: training steps")
+    p.add_argument("--autoencoder", help="trained autoencoder folder")
+    p.add_argument("--transformer", help="trained transformer folder")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
 
