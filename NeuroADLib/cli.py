@@ -45,7 +45,7 @@ EXAMPLES = {
              "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
-    "evaluate": "example:\n  neuroad evaluate --methods zscore --models models "
+    "evaluate": "example:\n  neuroad evaluate --methods zscore "
                 "--cases ~/neuroad-cache/benchmarks/synthetic/cases.csv --out results/synthetic",
     "synth": "example:\n  neuroad synth scan.nii.gz --out scan_lesioned --seed 3\n"
              "  neuroad synth grid_image.nii.gz --out out --contrast flair --library my_masks/",
@@ -160,9 +160,17 @@ def _make_benchmarks(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation.harness import evaluate
     from .methods import load_method
+    from .models import find_bundle, verify_bundle
 
-    methods = {name: load_method(name, Path(args.models) / name)
-               for name in args.methods.split(",")}
+    methods = {}
+    for name in args.methods.split(","):
+        if args.models:
+            folder = Path(args.models) / name
+        else:
+            bundle = find_bundle(name)
+            verify_bundle(bundle)
+            folder = bundle.folder
+        methods[name] = load_method(name, folder)
     out = evaluate(methods, args.cases, args.out, show_progress=not args.quiet)
     print((out / "summary.md").read_text())
     return 0
@@ -327,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(per-case CSV, mean with 95% CI as JSON and markdown, pictures). "
                             "Resumable: saved anomaly maps are reused.")
     p.add_argument("--methods", required=True, help="comma-separated method names")
-    p.add_argument("--models", required=True, help="folder holding one model folder per method")
+    p.add_argument("--models", help="folder holding one model folder per method (default: "
+                                    "the installed bundles)")
     p.add_argument("--cases", required=True, help="benchmark manifest (cases.csv)")
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,6 +3,7 @@ and each bad input or bad bundle with its exit code and no outputs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -89,3 +90,24 @@ def test_damaged_bundle_is_refused(tmp_path, damage):
     assert result.returncode == EXIT_MODEL
     assert ("corrupt" if damage == "corrupt" else "missing") in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_batch_reports_failures_and_resumes(tmp_path):
+    scan = require(IXI_SCAN)
+    table = tmp_path / "cases.csv"
+    table.write_text(f"path,age,sex\n{scan},38.8,M\n{tmp_path / 'missing.nii.gz'},50,F\n")
+    out = tmp_path / "out"
+    first = neuroad("batch", str(table), "--method", "zscore", "--out", str(out), "--quiet")
+    assert first.returncode == EXIT_BAD_INPUT, first.stderr
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert rows[1]["exit_code"] == str(EXIT_BAD_INPUT) and "not found" in rows[1]["message"]
+    assert float(rows[0]["zscore_abnormality_index"]) > 0
+    report = out / "IXI012-HH-1211_T1" / "report.json"
+    stamp = report.stat().st_mtime_ns
+    second = neuroad("batch", str(table), "--method", "zscore", "--out", str(out), "--quiet")
+    assert second.returncode == EXIT_BAD_INPUT
+    assert report.stat().st_mtime_ns == stamp
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert rows[0]["status"] == "done before"
