@@ -89,6 +89,9 @@ def test_synthesis_is_deterministic_and_exact():
     assert np.array_equal(a.image != image, a.mask & (a.image != image))  # only lesion changes
     assert np.all((a.probability > 0) == a.mask)
     assert not np.array_equal(synthesize(image, brain, seed=6).mask, a.mask)
+    minimum = SynthesisConfig().min_lesion_voxels
+    for seed in range(10):  # too-small draws are redrawn: no scan without a real lesion
+        assert synthesize(image, brain, seed=seed).mask.sum() >= minimum
 
 
 @pytest.mark.parametrize("contrast, sign", [("t1", -1.0), ("flair", 1.0)])

@@ -26,7 +26,7 @@ from NeuroADLib.synthesis import load_library, synthesize
 
 
 def example_strip(image: np.ndarray, lesion: np.ndarray) -> np.ndarray:
-    z = int(np.argwhere(lesion).mean(axis=0)[0])
+    z = int(np.argmax(lesion.sum(axis=(1, 2))))  # the slice with most lesion
     grey = np.repeat((np.clip(image[z], 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
     outlined = grey.copy()
     outlined[find_boundaries(lesion[z], mode="inner")] = (255, 40, 40)

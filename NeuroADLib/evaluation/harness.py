@@ -155,7 +155,7 @@ def _write_rows(rows: list[dict], path: Path) -> None:
 
 def _best_and_worst(name: str, threshold: float, rows: list[dict], cases: list[dict],
                     out: Path) -> None:
-    """Axial slice through the lesion of the best and worst case (by AP): image with the lesion
+    """Axial slice with the most lesion of the best and worst case (by AP): image with the lesion
     outline (red) and the map above threshold (yellow), and the map itself."""
     if not rows:
         return
@@ -167,7 +167,7 @@ def _best_and_worst(name: str, threshold: float, rows: list[dict], cases: list[d
         image = _read(case["image"])
         lesion = _read(case["lesion_mask"]) > 0
         anomaly = _read(str(out / "maps" / name / f"{row['case']}.nii.gz"))
-        z = int(np.argwhere(lesion).mean(axis=0)[0])
+        z = int(np.argmax(lesion.sum(axis=(1, 2))))  # the slice with most lesion
         grey = np.repeat((np.clip(image[z], 0, 1) * 255).astype(np.uint8)[..., None], 3, 2)
         overlay = grey.copy()
         overlay[find_boundaries(anomaly[z] > threshold, mode="inner")] = (255, 220, 0)

@@ -37,6 +37,8 @@ class SynthesisConfig:
     perlin_radius_voxels: tuple[float, float] = (2.0, 9.0)  # random-shape lesion size
     diffusion: float = 0.0  # UNA leaves the diffusion term unused
     margin_voxels: int = 6  # room left around a lesion for the flow
+    min_lesion_voxels: int = 20  # smaller draws (a blob that binarised away) are redrawn
+    max_draws: int = 10
 
 
 @dataclass
@@ -115,11 +117,12 @@ def add_lesion(
     mu_w: float,
     rng: np.random.Generator,
     config: SynthesisConfig,
-) -> None:
-    """Place, flow, binarise and encode one lesion; updates the arrays in place."""
+) -> bool:
+    """Place, flow, binarise and encode one lesion, updating the arrays in place; False (and
+    nothing changed) when the lesion came out smaller than `config.min_lesion_voxels`."""
     placed = _place(shape, brain, rng, config.margin_voxels)
     if placed is None:
-        return
+        return False
     box, p0 = placed
     inside = brain[box]
     velocity = random_velocity(p0.shape, rng)
@@ -129,8 +132,8 @@ def add_lesion(
         diffusion = config.diffusion * perlin_noise(p0.shape, (2, 2, 2), rng) ** 2
     p = advect_diffuse(p0 * inside, velocity, inside, duration, diffusion)
     lesion = p > rng.uniform(*config.binarise_at)
-    if not lesion.any():
-        return
+    if lesion.sum() < config.min_lesion_voxels:
+        return False
     sign = SIGN_BY_CONTRAST[config.contrast]
     delta = rng.normal(sign * mu_w / 2.0, mu_w / 2.0)
     if rng.random() < config.sign_flip_probability:
@@ -139,6 +142,7 @@ def add_lesion(
     region[lesion] = np.clip(region[lesion] + delta * p[lesion], 0.0, 1.0)  # eq. 5
     mask[box] |= lesion
     probability[box] = np.maximum(probability[box], np.where(lesion, p, 0.0))
+    return True
 
 
 def synthesize(
@@ -160,9 +164,11 @@ def synthesize(
     probability = np.zeros(image.shape, np.float32)
     mu_w = white_matter_mean(image, brain)
     for _ in range(rng.integers(config.lesions[0], config.lesions[1] + 1)):
-        if library and rng.random() < 0.5:
-            shape = library[rng.integers(len(library))]
-        else:
-            shape = perlin_blob(rng.uniform(*config.perlin_radius_voxels), rng)
-        add_lesion(lesioned, brain, mask, probability, shape, mu_w, rng, config)
+        for _ in range(config.max_draws):
+            if library and rng.random() < 0.5:
+                shape = library[rng.integers(len(library))]
+            else:
+                shape = perlin_blob(rng.uniform(*config.perlin_radius_voxels), rng)
+            if add_lesion(lesioned, brain, mask, probability, shape, mu_w, rng, config):
+                break
     return Synthetic(lesioned, mask, probability)
