@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     reports = run(args.input, args.age, args.sex, args.method, args.out, args.brain_mask,
-                  args.seed)
+                  args.seed, device=args.device)
     for name, report in reports.items():
         print(f"{name}: abnormality index {report['abnormality_index']:.2f} "
               f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
@@ -245,7 +245,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"demo: {DEMO_SCAN.name}, a raw clinical T1 with a glioma (5.5 mm slices, skull on). "
           f"Its age and sex are not distributed with it: the demo uses {DEMO_AGE:g} / {DEMO_SEX}.")
     args.input, args.age, args.sex = str(DEMO_SCAN), DEMO_AGE, DEMO_SEX
-    args.method, args.brain_mask, args.seed = ["zscore"], None, 0
+    args.method, args.brain_mask, args.seed, args.device = ["zscore"], None, 0, "auto"
     code = _run(args)
     print(f"look at {Path(args.out) / 'summary.png'}")
     return code
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where torch methods run (auto: CUDA when present)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_run)
 

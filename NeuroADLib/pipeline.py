@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from . import __version__
+from .device import is_out_of_memory, select_device
 from .errors import InputError
 from .methods import LoadedMethod, load_method
 from .models import find_bundle, verify_bundle
@@ -55,11 +56,15 @@ def run(
     seed: int = 0,
     progress: Progress | None = None,
     loaded_methods: dict | None = None,
+    device: str = "auto",
 ) -> dict[str, dict]:
     """Run methods on one scan and write their outputs; returns each method's report.
     `progress` hears of every step and may cancel between them (no outputs are left then);
-    `loaded_methods` (name -> (bundle, method)) lets a persistent worker reuse loaded models."""
+    `loaded_methods` (name -> (bundle, method)) lets a persistent worker reuse loaded models;
+    `device` is auto / cpu / cuda, and a CUDA out-of-memory error reruns the method on the CPU
+    (the report says so)."""
     age, sex = check_covariates(age, sex)
+    select_device(device)  # refuse an impossible device before any work
     check_writable(out)
     progress = progress or Progress()
     progress.total = 1 + PREPROCESS_STEPS + 3 * len(methods)
@@ -91,17 +96,25 @@ def run(
             folder = staging / name if len(loaded) > 1 else staging
             folder.mkdir(exist_ok=True)
             reports[name] = _run_method(method, bundle, case, native, grid_image, brain, age, sex,
-                                        folder, dict(timings), source, progress)
+                                        folder, dict(timings), source, progress, device)
     return reports
 
 
 def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_image: np.ndarray,
                 brain: np.ndarray, age: float, sex: str, folder: Path, timings: dict,
-                source, progress: Progress) -> dict:
+                source, progress: Progress, device_preference: str) -> dict:
     progress.step(f"{method.name}: anomaly map")
     start = time.perf_counter()
-    anomaly = method.anomaly_map(grid_image, brain, age, sex)
-    healthy = method.pseudo_healthy(grid_image, brain, age, sex)
+    device = select_device(device_preference)
+    try:
+        anomaly, healthy = method.to(device).predict(grid_image, brain, age, sex)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        progress.emit({"event": "log", "message": f"{method.name}: CUDA ran out of memory; "
+                       "running again on the CPU (slower)."})
+        device = "cpu (after CUDA out of memory)"
+        anomaly, healthy = method.to("cpu").predict(grid_image, brain, age, sex)
     timings["method"] = time.perf_counter() - start
 
     progress.step(f"{method.name}: back to the scan")
@@ -140,7 +153,7 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
         "model": {"id": bundle.id, "version": bundle.manifest.get("version", ""),
                   "folder": str(bundle.folder),
                   "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()}},
-        "device": {"kind": "cpu", "platform": platform.platform()},
+        "device": {"used": device, "asked": device_preference, "platform": platform.platform()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "threshold": {"value": threshold, "rule": f"healthy-calibrated: at most "
                       f"{method.calibration.fpr:.1%} of healthy validation brain voxels above"},

@@ -61,13 +61,20 @@ class LoadedMethod:
     model: object
     calibration: Calibration
 
+    def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                sex: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(anomaly map, pseudo-healthy image) on the grid, computed once."""
+        return self.model.predict(image, brain, age, sex)
+
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
                     sex: str | None = None) -> np.ndarray:
-        return self.model.anomaly_map(image, brain, age, sex)
+        return self.predict(image, brain, age, sex)[0]
 
-    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                       sex: str | None = None) -> np.ndarray:
-        return self.model.pseudo_healthy(image, brain, age, sex)
+    def to(self, device: str) -> LoadedMethod:
+        """Move a torch method to a device (numpy methods run where they are)."""
+        if hasattr(self.model, "to"):
+            self.model.to(device)
+        return self
 
 
 def method_names() -> list[str]:

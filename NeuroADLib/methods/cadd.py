@@ -51,6 +51,14 @@ class CADDModel:
     variant: Variant
     cohort_percentiles: dict[str, torch.Tensor]
     diffusion: GaussianDiffusion
+    device: str = "cpu"
+
+    def to(self, device: str) -> CADDModel:
+        self.autoencoder.to(device)
+        self.transformer.to(device)
+        self.cohort_percentiles = {k: v.to(device) for k, v in self.cohort_percentiles.items()}
+        self.device = device
+        return self
 
     def denoiser(self, age: float | None, sex: str | None):
         """The network with this subject's covariates bound (or none, for the variants
@@ -58,17 +66,19 @@ class CADDModel:
         use = self.variant.covariates and age is not None and sex in ("F", "M")
 
         def model(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            n = len(t)
+            n, device = len(t), z.device
             with torch.no_grad():
                 if not use:
                     return self.transformer(z, t)
-                return self.transformer(z, t, torch.full((n,), float(age)),
-                                        torch.full((n,), 1.0 if sex == "F" else -1.0))
+                return self.transformer(z, t, torch.full((n,), float(age), device=device),
+                                        torch.full((n,), 1.0 if sex == "F" else -1.0,
+                                                   device=device))
         return model
 
     @torch.no_grad()
     def encode(self, image: np.ndarray) -> torch.Tensor:
-        mu, _ = self.autoencoder.encode(torch.from_numpy(image[None, None].astype(np.float32)))
+        x = torch.from_numpy(image[None, None].astype(np.float32)).to(self.device)
+        mu, _ = self.autoencoder.encode(x)
         return mu * self.latent_scale
 
     @torch.no_grad()
@@ -84,13 +94,14 @@ class CADDModel:
         else:
             latent = reconstruct(self.diffusion, model, z0, levels, self.settings.respacing,
                                  self.settings.seed)
-        decoded = self.autoencoder.decode(latent / self.latent_scale)[0, 0].numpy()
+        decoded = self.autoencoder.decode(latent / self.latent_scale)[0, 0].cpu().numpy()
         return (np.clip(decoded, 0.0, 1.0) * brain).astype(np.float32)
 
-    def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                    sex: str | None = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                sex: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(|x - x^| inside the brain, x^)."""
         healthy = self.pseudo_healthy(image, brain, age, sex)
-        return (np.abs(image - healthy) * brain).astype(np.float32)
+        return (np.abs(image - healthy) * brain).astype(np.float32), healthy
 
 
 def cohort_kl_percentiles(model: CADDModel, images: list[np.ndarray], ages: list, sexes: list,

@@ -68,9 +68,10 @@ class VoxelNormativeModel:
             return self.mean
         return self.mean + self.age_slope * np.float32(age - self.mean_age)
 
-    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                       sex: str | None = None) -> np.ndarray:
-        return self.expected(age) * brain
+    def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+                sex: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(|z| map, the expected healthy image) inside the brain."""
+        return self.anomaly_map(image, brain, age, sex), self.expected(age) * brain
 
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray,
                     age: float | None = None, sex: str | None = None) -> np.ndarray:
