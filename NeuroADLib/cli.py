@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     reports = run(args.input, args.age, args.sex, args.method, args.out, args.brain_mask,
-                  args.seed, device=args.device)
+                  args.seed, device=args.device, options=_parse_options(args.option))
     for name, report in reports.items():
         print(f"{name}: abnormality index {report['abnormality_index']:.2f} "
               f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
@@ -202,6 +202,22 @@ def _batch(args: argparse.Namespace) -> int:
     failed = statuses.count("failed")
     print(f"wrote {summary}: {len(statuses) - failed} cases done, {failed} failed")
     return 0 if not failed else 3
+
+
+def _parse_options(items: list[str] | None) -> dict[str, dict]:
+    """--option METHOD.NAME=VALUE (numbers as numbers) -> {method: {name: value}}."""
+    options: dict[str, dict] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        if not (method and name and value):
+            raise UsageError(f"--option {item!r}: write METHOD.NAME=VALUE, e.g. cadd.t_int=1000.")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        options.setdefault(method, {})[name] = parsed
+    return options
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -246,6 +262,7 @@ def _demo(args: argparse.Namespace) -> int:
           f"Its age and sex are not distributed with it: the demo uses {DEMO_AGE:g} / {DEMO_SEX}.")
     args.input, args.age, args.sex = str(DEMO_SCAN), DEMO_AGE, DEMO_SEX
     args.method, args.brain_mask, args.seed, args.device = ["zscore"], None, 0, "auto"
+    args.option = None
     code = _run(args)
     print(f"look at {Path(args.out) / 'summary.png'}")
     return code
@@ -332,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_make_benchmarks)
 
     p = command("evaluate", "Run methods on a benchmark manifest and summarise the metrics "
-                            "(per-case CSV, mean with 95% CI as JSON and markdown, pictures). "
+                            "(per-case CSV, mean with 95%% CI as JSON and markdown, pictures). "
                             "Resumable: saved anomaly maps are reused.")
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--models", help="folder holding one model folder per method (default: "
@@ -354,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where torch methods run (auto: CUDA when present)")
+    p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
+                   help="a method option, e.g. cadd.t_int=1000 (see the README)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_run)
 

@@ -57,12 +57,14 @@ def run(
     progress: Progress | None = None,
     loaded_methods: dict | None = None,
     device: str = "auto",
+    options: dict[str, dict] | None = None,
 ) -> dict[str, dict]:
     """Run methods on one scan and write their outputs; returns each method's report.
     `progress` hears of every step and may cancel between them (no outputs are left then);
     `loaded_methods` (name -> (bundle, method)) lets a persistent worker reuse loaded models;
     `device` is auto / cpu / cuda, and a CUDA out-of-memory error reruns the method on the CPU
-    (the report says so)."""
+    (the report says so); `options` maps a method name to options overriding its defaults
+    (see methods.registry)."""
     age, sex = check_covariates(age, sex)
     select_device(device)  # refuse an impossible device before any work
     check_writable(out)
@@ -72,15 +74,17 @@ def run(
     progress.step("load models")
     start = time.perf_counter()
     loaded = {}
+    options = options or {}
     for name in methods:
-        if loaded_methods is not None and name in loaded_methods:
-            loaded[name] = loaded_methods[name]
+        cache_key = (name, json.dumps(options.get(name, {}), sort_keys=True))
+        if loaded_methods is not None and cache_key in loaded_methods:
+            loaded[name] = loaded_methods[cache_key]
             continue
         bundle = find_bundle(name)
         verify_bundle(bundle)
-        loaded[name] = (bundle, load_method(name, bundle.folder))
+        loaded[name] = (bundle, load_method(name, bundle.folder, options.get(name)))
         if loaded_methods is not None:
-            loaded_methods[name] = loaded[name]
+            loaded_methods[cache_key] = loaded[name]
     timings["load_models"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -96,13 +100,14 @@ def run(
             folder = staging / name if len(loaded) > 1 else staging
             folder.mkdir(exist_ok=True)
             reports[name] = _run_method(method, bundle, case, native, grid_image, brain, age, sex,
-                                        folder, dict(timings), source, progress, device)
+                                        folder, dict(timings), source, progress, device,
+                                        options.get(name, {}))
     return reports
 
 
 def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_image: np.ndarray,
                 brain: np.ndarray, age: float, sex: str, folder: Path, timings: dict,
-                source, progress: Progress, device_preference: str) -> dict:
+                source, progress: Progress, device_preference: str, options: dict) -> dict:
     progress.step(f"{method.name}: anomaly map")
     start = time.perf_counter()
     device = select_device(device_preference)
@@ -150,6 +155,7 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
                   "geometry": geometry_of(native)},
         "covariates": {"age": age, "sex": sex},
         "method": method.name,
+        "options": options,
         "model": {"id": bundle.id, "version": bundle.manifest.get("version", ""),
                   "folder": str(bundle.folder),
                   "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()}},

@@ -4,7 +4,8 @@ The Slicer module, scripts and batch runs talk to NeuroAD through it. A request 
 object:
 
     {"input": "scan.nii.gz", "age": 54, "sex": "F", "methods": ["zscore"], "out": "results",
-     "brain_mask": null, "seed": 0, "device": "auto", "stop_file": null, "id": "caller tag"}
+     "brain_mask": null, "seed": 0, "device": "auto", "options": {"cadd": {"t_int": 1000}},
+     "stop_file": null, "id": "caller tag"}
 
 Events go to stdout, one JSON object per line: {"event": "stage", "stage"}, {"event":
 "progress", "stage", "step", "total", "eta_s", "peak_memory_mb"}, {"event": "log",
@@ -71,7 +72,7 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
         progress = Progress(emit=_Events(request_id), is_cancelled=is_cancelled)
         reports = run(request["input"], request["age"], request["sex"], request["methods"],
                       request["out"], request.get("brain_mask"), request.get("seed", 0),
-                      progress, loaded, request.get("device", "auto"))
+                      progress, loaded, request.get("device", "auto"), request.get("options"))
         out = Path(request["out"])
         emit({"event": "result", "id": request_id, "peak_memory_mb": _peak_memory_mb(),
               "outputs": sorted(str(p) for p in out.rglob("*") if p.is_file()),

@@ -86,6 +86,8 @@ def test_unwritable_output(tmp_path):
 
 
 def test_help_has_examples():
+    top = neuroad("--help")
+    assert top.returncode == 0 and "preprocess" in top.stdout and "evaluate" in top.stdout
     for command in ("preprocess", "prepare-cohort", "demo", "run", "synth", "train",
                     "make-benchmarks", "evaluate", "models"):
         result = neuroad(command, "--help")

@@ -59,7 +59,7 @@ def test_out_of_memory_reruns_on_the_cpu(tmp_path, monkeypatch):
     events = []
     reports = pipeline.run(scan, 40.0, "F", ["zscore"], tmp_path / "out",
                            progress=Progress(emit=events.append),
-                           loaded_methods={"zscore": (bundle, method)}, device="cuda")
+                           loaded_methods={("zscore", "{}"): (bundle, method)}, device="cuda")
     assert model.calls == ["cuda", "cpu"]
     assert reports["zscore"]["device"]["used"] == "cpu (after CUDA out of memory)"
     assert any(e["event"] == "log" and "out of memory" in e["message"] for e in events)

@@ -90,3 +90,14 @@ def test_batched_chains_equal_separate_chains():
     first = denoise_chains(DIFFUSION, model, zu[:1], [50], respacing=10, seed=7)
     second = denoise_chains(DIFFUSION, model, zu[1:], [100], respacing=10, seed=7)
     torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-5, rtol=1e-5)
+
+
+def test_registry_options_are_the_inpainting_defaults():
+    from dataclasses import asdict
+
+    from NeuroADLib.methods.registry import CADD_OPTIONS, METHODS
+
+    assert CADD_OPTIONS == asdict(InpaintingSettings())
+    from NeuroADLib.methods.cadd import VARIANTS
+
+    assert set(VARIANTS) == {n for n, m in METHODS.items() if m.family == "cadd"}

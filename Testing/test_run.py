@@ -111,3 +111,13 @@ def test_batch_reports_failures_and_resumes(tmp_path):
     assert report.stat().st_mtime_ns == stamp
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert rows[0]["status"] == "done before"
+
+
+def test_unknown_method_option(tmp_path):
+    result = neuroad("run", str(tmp_path / "scan.nii.gz"), "--age", "40", "--sex", "F",
+                     "--method", "zscore", "--option", "zscore.t_int=1000",
+                     "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_USAGE and "no option t_int" in result.stderr
+    malformed = neuroad("run", "x.nii.gz", "--age", "40", "--sex", "F", "--method", "zscore",
+                        "--option", "t_int", "--out", str(tmp_path / "out"))
+    assert malformed.returncode == EXIT_USAGE and "METHOD.NAME=VALUE" in malformed.stderr

@@ -5,6 +5,8 @@ an anomaly map and a pseudo-healthy image; its calibration (healthy-calibrated t
 healthy reference statistics for the abnormality index) travels in the same folder.
 """
 
-from .base import Calibration, LoadedMethod, load_method, method_names
+from .base import Calibration, LoadedMethod, load_method
+from .registry import METHODS, MethodInfo, method_names
 
-__all__ = ["Calibration", "LoadedMethod", "load_method", "method_names"]
+__all__ = ["METHODS", "Calibration", "LoadedMethod", "MethodInfo", "load_method",
+           "method_names"]

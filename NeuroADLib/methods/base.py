@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, UsageError
 from ..postprocessing import ReferenceStatistics
+from .registry import METHODS
 
 CALIBRATION = "calibration"
 
@@ -77,23 +78,28 @@ class LoadedMethod:
         return self
 
 
-def method_names() -> list[str]:
-    from .cadd import VARIANTS
-
-    return ["zscore", *VARIANTS]
-
-
-def load_method(name: str, folder: str | os.PathLike) -> LoadedMethod:
-    """Load a trained method from its model folder."""
+def load_method(name: str, folder: str | os.PathLike, options: dict | None = None
+                ) -> LoadedMethod:
+    """Load a trained method from its model folder, with options (see the registry) that
+    override its defaults."""
     folder = Path(folder)
-    if name not in method_names():
-        raise ModelError(f"Unknown method {name!r}; available: {', '.join(method_names())}.")
-    if name == "zscore":
+    if name not in METHODS:
+        raise ModelError(f"Unknown method {name!r}; available: {', '.join(METHODS)}.")
+    info = METHODS[name]
+    unknown = set(options or {}) - set(info.options)
+    if unknown:
+        raise UsageError(f"{name} has no option {', '.join(sorted(unknown))}; its options: "
+                         f"{', '.join(info.options) or 'none'}.")
+    if info.family == "zscore":
         from .zscore import VoxelNormativeModel
 
-        return LoadedMethod(name, "t1", VoxelNormativeModel.load(folder),
+        return LoadedMethod(name, info.contrast, VoxelNormativeModel.load(folder),
                             Calibration.load(folder))
+    from ..diffusion.inpainting import InpaintingSettings
     from .cadd import load_cadd
 
-    return LoadedMethod(name, "t1", load_cadd(folder, name),
+    model = load_cadd(folder, name)
+    if options:
+        model.settings = InpaintingSettings(**{**vars(model.settings), **options})
+    return LoadedMethod(name, info.contrast, model,
                         Calibration.load(folder, f"calibration_{name}"))
