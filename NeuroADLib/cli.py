@@ -176,12 +176,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_progress():
+    """A progress bar fed by the pipeline's progress events, on an interactive terminal only."""
+    from tqdm import tqdm
+
+    from .progress import Progress
+
+    if not sys.stderr.isatty():
+        return Progress(), None
+    bar = tqdm(total=1, unit="step", file=sys.stderr, leave=False)
+
+    def show(event: dict) -> None:
+        if event.get("event") == "progress":
+            bar.total, bar.n = event["total"], event["step"]
+            bar.set_description(event["stage"])
+            bar.refresh()
+
+    return Progress(emit=show), bar
+
+
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
     _threads(args.threads)
-    reports = run(args.input, args.age, args.sex, args.method, args.out, args.brain_mask,
-                  args.seed, device=args.device, options=_parse_options(args.option))
+    progress, bar = _terminal_progress()
+    try:
+        reports = run(args.input, args.age, args.sex, args.method, args.out, args.brain_mask,
+                      args.seed, progress=progress, device=args.device,
+                      options=_parse_options(args.option))
+    finally:
+        if bar is not None:
+            bar.close()
     for name, report in reports.items():
         print(f"{name}: abnormality index {report['abnormality_index']:.2f} "
               f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
