@@ -50,9 +50,10 @@ def ellipsoid_brain(shape: tuple[int, int, int]) -> np.ndarray:
 
 def healthy_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """A smooth fake 'brain' shared by all subjects plus subject-specific smooth noise."""
-    anatomy = ndimage.gaussian_filter(np.random.default_rng(99).random(shape), 2) * 2
+    smooth = ndimage.gaussian_filter(np.random.default_rng(99).random(shape), 2)
+    anatomy = 0.6 + 4.0 * (smooth - smooth.mean())  # about 0.4 to 0.8: nothing saturates
     noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 0.05, shape), 1)
-    return (np.clip(0.3 + anatomy + noise, 0, 1) * ellipsoid_brain(shape)).astype(np.float32)
+    return (np.clip(anatomy + noise, 0, 1) * ellipsoid_brain(shape)).astype(np.float32)
 
 
 def fabricated_cohort(root: Path, shape: tuple[int, int, int], n: int) -> Path:

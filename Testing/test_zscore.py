@@ -23,7 +23,8 @@ def cohort(n=30, shape=(6, 7, 5), seed=0):
 def test_age_adjusted_fit_matches_least_squares():
     images, masks, ages = cohort()
     model = VoxelNormativeModel.fit(images, masks, ages,
-                                    ZScoreConfig(age_adjusted=True, smoothing_sigma_voxels=0))
+                                    ZScoreConfig(age_adjusted=True, smoothing_sigma_voxels=0,
+                                                 standardise_intensities=False))
     x = np.stack(images).reshape(len(images), -1)
     fit = sklearn_linear.LinearRegression().fit(np.array(ages)[:, None], x)
     np.testing.assert_allclose(model.age_slope.ravel(), fit.coef_[:, 0], rtol=1e-3, atol=1e-6)
@@ -35,7 +36,8 @@ def test_age_adjusted_fit_matches_least_squares():
 
 def test_plain_model_is_mean_and_std_and_map_is_abs_z(tmp_path):
     images, masks, _ = cohort()
-    config = ZScoreConfig(age_adjusted=False, smoothing_sigma_voxels=0)
+    config = ZScoreConfig(age_adjusted=False, smoothing_sigma_voxels=0,
+                          standardise_intensities=False)
     model = VoxelNormativeModel.fit(images, masks, None, config)
     x = np.stack(images)
     np.testing.assert_allclose(model.mean, x.mean(0), rtol=1e-3)
@@ -54,3 +56,29 @@ def test_age_adjusted_model_needs_ages():
     images, masks, _ = cohort(n=5)
     with pytest.raises(ValueError, match="age"):
         VoxelNormativeModel.fit(images, masks, None, ZScoreConfig(age_adjusted=True))
+
+
+def test_standardisation_maps_quantiles_and_removes_contrast_changes():
+    from NeuroADLib.preprocessing.intensity import brain_quantiles, standardise
+
+    rng = np.random.default_rng(5)
+    brain = np.zeros((20, 20, 20), bool)
+    brain[3:17, 3:17, 3:17] = True
+    image = rng.gamma(5.0, 0.1, brain.shape) * brain
+    reference = np.linspace(0.1, 0.9, 13)
+    mapped = standardise(image, brain, reference)
+    # (percentiles interpolate between voxels, so they commute with the map only to ~1e-4)
+    np.testing.assert_allclose(brain_quantiles(mapped, brain), reference, atol=1e-3)
+    assert np.all(mapped[~brain] == 0)
+    # Another scanner: brighter, less contrast. Standardised, it is the same image.
+    other = (0.6 * image + 0.3) * brain
+    np.testing.assert_allclose(standardise(other, brain, reference), mapped, atol=1e-5)
+
+
+def test_model_is_blind_to_a_global_contrast_change():
+    images, masks, ages = cohort()
+    model = VoxelNormativeModel.fit(images, masks, ages)
+    test = images[3]
+    brain = np.ones(test.shape, bool)
+    np.testing.assert_allclose(model.anomaly_map(0.7 * test + 0.2, brain, 40.0),
+                               model.anomaly_map(test, brain, 40.0), atol=1e-3)

@@ -1,7 +1,10 @@
 """The voxel-wise normative intensity model (`zscore`): the classical normative baseline.
 
-For every grid voxel, the mean and standard deviation of healthy training scans (optionally
-with a linear age term fitted by least squares per voxel); a scan's anomaly map is |z|, the
+Every scan's intensities are first standardised to the training cohort (piecewise-linear
+matching of brain percentiles, Nyul-Udupa), so that a scan from another scanner or protocol is
+compared in the cohort's intensity scale. For every grid voxel, the mean and standard
+deviation of healthy training scans (optionally with a linear age term fitted by least
+squares per voxel); a scan's anomaly map is |z|, the
 number of healthy standard deviations each voxel lies from its expected value, and its
 pseudo-healthy image is the expected value itself. Images are smoothed with a small Gaussian
 (sigma in voxels) before fitting and scoring, as in voxel-based morphometry, so that residual
@@ -18,12 +21,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..preprocessing.intensity import brain_quantiles, standardise
+
 MIN_STD = 0.02  # floor of the per-voxel std (normalised intensity units)
 
 
 @dataclass(frozen=True)
 class ZScoreConfig:
     age_adjusted: bool = True
+    standardise_intensities: bool = True
     smoothing_sigma_voxels: float = 1.0
     min_coverage: float = 0.9  # a voxel is modelled if inside this fraction of training brains
 
@@ -38,6 +44,7 @@ class VoxelNormativeModel:
     mean_age: float
     support: np.ndarray
     config: ZScoreConfig
+    reference_quantiles: np.ndarray
 
     @classmethod
     def fit(cls, images: list[np.ndarray], masks: list[np.ndarray],
@@ -48,6 +55,11 @@ class VoxelNormativeModel:
         config = config or ZScoreConfig()
         if config.age_adjusted and (ages is None or any(a is None for a in ages)):
             raise ValueError("an age-adjusted model needs the age of every training subject")
+        reference = np.mean([brain_quantiles(image, mask) for image, mask in
+                             zip(images, masks, strict=True)], axis=0)
+        if config.standardise_intensities:
+            images = [standardise(image, mask, reference) for image, mask in
+                      zip(images, masks, strict=True)]
         x = np.stack([_smooth(image, config) for image in images]).astype(np.float64)
         support = np.mean(np.stack(masks).astype(bool), axis=0) >= config.min_coverage
         mean = x.mean(axis=0)
@@ -60,7 +72,7 @@ class VoxelNormativeModel:
             x = x - slope * centred_age[:, None, None, None]
             dof -= 1
         std = np.maximum(np.sqrt(np.sum((x - mean) ** 2, axis=0) / dof), MIN_STD)
-        return cls(_half(mean), _half(std), _half(slope), mean_age, support, config)
+        return cls(_half(mean), _half(std), _half(slope), mean_age, support, config, reference)
 
     def expected(self, age: float | None = None) -> np.ndarray:
         """The healthy expectation at an age (the pseudo-healthy image)."""
@@ -76,6 +88,8 @@ class VoxelNormativeModel:
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray,
                     age: float | None = None, sex: str | None = None) -> np.ndarray:
         """|z| inside the brain and the model's support, 0 elsewhere."""
+        if self.config.standardise_intensities:
+            image = standardise(image, brain, self.reference_quantiles)
         z = (_smooth(image, self.config) - self.expected(age)) / self.std
         return (np.abs(z) * (brain.astype(bool) & self.support)).astype(np.float32)
 
@@ -87,7 +101,9 @@ class VoxelNormativeModel:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({"mean": self.mean.astype(np.float16), "std": self.std.astype(np.float16),
                    "age_slope": self.age_slope.astype(np.float16),
-                   "support": self.support.astype(np.uint8)}, str(folder / "zscore.safetensors"))
+                   "support": self.support.astype(np.uint8),
+                   "reference_quantiles": self.reference_quantiles.astype(np.float64)},
+                  str(folder / "zscore.safetensors"))
         (folder / "zscore.json").write_text(json.dumps(
             {"config": asdict(self.config), "mean_age": self.mean_age}, indent=2))
         return folder
@@ -97,11 +113,12 @@ class VoxelNormativeModel:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
-        arrays = {k: v.astype(np.float32) for k, v in
-                  load_file(str(folder / "zscore.safetensors")).items()}
+        arrays = load_file(str(folder / "zscore.safetensors"))
+        quantiles = arrays.pop("reference_quantiles")
+        arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
         meta = json.loads((folder / "zscore.json").read_text())
         return cls(arrays["mean"], arrays["std"], arrays["age_slope"], float(meta["mean_age"]),
-                   arrays["support"].astype(bool), ZScoreConfig(**meta["config"]))
+                   arrays["support"].astype(bool), ZScoreConfig(**meta["config"]), quantiles)
 
 
 def _half(array: np.ndarray) -> np.ndarray:
