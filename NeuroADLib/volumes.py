@@ -42,8 +42,9 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
+            kind = next(s for s in VOLUME_SUFFIXES if path.name.lower().endswith(s))
             raise InputError(
-                f"Cannot read {path}: the file is damaged or not a {path.suffix} image "
+                f"Cannot read {path}: the file is damaged or not a {kind} image "
                 f"({_first_line(error)})."
             ) from None
         if path.name.lower().endswith((".nii", ".nii.gz")):

@@ -32,7 +32,9 @@ def cases(work: Path, good: Path) -> list[tuple[str, list[str], dict]]:
 
     shutil.copytree(find_bundle("zscore").folder, store / "zscore")
     weights = store / "zscore" / "zscore.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte
+    weights.write_bytes(bytes(data))
     blocker = work / "a_file"
     blocker.write_text("x")
     ok = ["--age", "50", "--sex", "F", "--method", "zscore"]
