@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
                    help="autoencoder / transformer: named network size")
-    p.add_argument("--steps", type=int, help="autoencoder / transformer: training steps")
+    p.add_argument("--steps", type=int, help="autoencoder / transformer: training steps "
+                                             "(defaults 4000 / 10000)")
     p.add_argument("--autoencoder", help="trained autoencoder folder")
     p.add_argument("--transformer", help="trained transformer folder")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
