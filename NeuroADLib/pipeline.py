@@ -9,7 +9,6 @@ one preprocessing; each writes into its own sub-folder when more than one is ask
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ from .preprocessing import grid_to_native, preprocess
 from .preprocessing.pipeline import PREPROCESS_STEPS
 from .progress import Progress
 from .qc import orthogonal_slices
+from .training.provenance import sha256
 from .volumes import geometry_of, read_volume, write_volume
 
 SEXES = ("F", "M")
@@ -94,20 +94,23 @@ def run(
     grid_image = sitk.GetArrayFromImage(case.image)
     brain = sitk.GetArrayFromImage(case.brain_mask) > 0
 
+    input_info = {"path": str(source), "geometry": geometry_of(native),
+                  "sha256": sha256(Path(source)) if Path(source).is_file() else ""}
     reports = {}
     with atomic_output_folder(out) as staging:
         for name, (bundle, method) in loaded.items():
             folder = staging / name if len(loaded) > 1 else staging
             folder.mkdir(exist_ok=True)
             reports[name] = _run_method(method, bundle, case, native, grid_image, brain, age, sex,
-                                        folder, dict(timings), source, progress, device,
+                                        folder, dict(timings), input_info, progress, device,
                                         options.get(name, {}))
     return reports
 
 
 def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_image: np.ndarray,
                 brain: np.ndarray, age: float, sex: str, folder: Path, timings: dict,
-                source, progress: Progress, device_preference: str, options: dict) -> dict:
+                input_info: dict, progress: Progress, device_preference: str,
+                options: dict) -> dict:
     progress.step(f"{method.name}: anomaly map")
     start = time.perf_counter()
     device = select_device(device_preference)
@@ -151,8 +154,7 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     _, lesions = ndimage.label(mask_array, structure=np.ones((3, 3, 3)))
     report = {
         "neuroad_version": __version__,
-        "input": {"path": str(source), "sha256": _sha256(Path(source)),
-                  "geometry": geometry_of(native)},
+        "input": input_info,
         "covariates": {"age": age, "sex": sex},
         "method": method.name,
         "options": options,
@@ -179,12 +181,6 @@ def _on_grid(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(np.asarray(array))
     image.CopyInformation(like)
     return image
-
-
-def _sha256(path: Path) -> str:
-    if not path.is_file():
-        return ""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _summary_picture(native: sitk.Image, anomaly: sitk.Image, mask: sitk.Image, path: Path,

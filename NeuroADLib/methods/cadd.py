@@ -14,7 +14,7 @@ the decoded pseudo-healthy image. Each variant carries its own healthy calibrati
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,3 @@ def load_cadd(folder: str | Path, variant: str, settings: InpaintingSettings | N
     return CADDModel(autoencoder, transformer.eval(), float(manifest["latent_scale"]),
                      settings, VARIANTS[variant], percentiles, GaussianDiffusion())
 
-
-def with_settings(model: CADDModel, **changes) -> CADDModel:
-    """The same model with other inference settings (T_int, respacing, seed)."""
-    return replace(model, settings=replace(model.settings, **changes))

@@ -104,6 +104,9 @@ def preprocess(
                 stripped = masks.head_mask(oriented)
         known_brain = given_mask if given_mask is not None else stripped
         head = known_brain if known_brain is not None else masks.head_mask(oriented)
+        # What the first registration sees: the known brain, or the head without its scalp.
+        first_inside = known_brain if known_brain is not None else _without_scalp(
+            head, spacing_zyx)
     mask_source = (
         "given" if given_mask is not None else "skull-stripped input" if stripped is not None
         else "template deformable"
@@ -116,8 +119,8 @@ def preprocess(
     template_mask = sitk.GetArrayFromImage(template_brain) > 0
     voxel_ml = float(np.prod(oriented.GetSpacing())) / 1000.0
     for attempt in range(REGISTRATION_ATTEMPTS):
-        affine, brain = _align(corrected, head, known_brain, template, template_brain,
-                               spacing_zyx, seed + 1000 * attempt, timer)
+        affine, brain = _align(corrected, head, first_inside, known_brain, template,
+                               template_brain, spacing_zyx, seed + 1000 * attempt, timer)
         brain_ml = float(brain.sum()) * voxel_ml
         with timer.step("resample"):
             brain_image = masks.mask_image(brain, oriented)
@@ -197,6 +200,7 @@ def preprocess_like(
 def _align(
     corrected: sitk.Image,
     head: np.ndarray,
+    first_inside: np.ndarray,
     known_brain: np.ndarray | None,
     template: sitk.Image,
     template_brain: sitk.Image,
@@ -204,14 +208,14 @@ def _align(
     seed: int,
     timer: _Timer,
 ) -> tuple[sitk.AffineTransform, np.ndarray]:
-    """Affine to the template, the brain mask, and (when the mask was extracted here) a second
-    brain-to-brain affine. Returns (template -> native affine, native brain mask)."""
+    """Affine to the template (fitted inside `first_inside`), the brain mask, and (when the
+    mask was extracted here) a second brain-to-brain affine. Returns (template -> native
+    affine, native brain mask)."""
     with timer.step("registration"):
         scalp = 0.0 if known_brain is not None else None
         starts = initial_alignments(head, corrected, template_brain, scalp_to_brain_mm=scalp)
-        inside = known_brain if known_brain is not None else _without_scalp(head, spacing_zyx)
-        affine, _ = affine_to_template(_masked(corrected, inside), template, template_brain,
-                                       starts, seed=seed)
+        affine, _ = affine_to_template(_masked(corrected, first_inside), template,
+                                       template_brain, starts, seed=seed)
     if known_brain is not None:
         return affine, known_brain
     with timer.step("brain_extraction"):

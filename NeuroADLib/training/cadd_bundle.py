@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +44,10 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     sexes = [rows[s]["sex"] or None for s in subjects]
 
     start = time.perf_counter()
+    trained = load_cadd(out, "cadd", settings)  # the two stages, loaded once for every variant
     percentiles = {}
     for key, variant in (("covariates", "cadd"), ("none", "cadd_nocov")):
-        model = load_cadd(out, variant, settings)
+        model = replace(trained, variant=VARIANTS[variant])
         percentiles[key] = cohort_kl_percentiles(model, images, ages, sexes,
                                                  settings.percentile).contiguous()
     save_file(percentiles, str(out / PERCENTILES_FILE))
@@ -55,7 +56,7 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     metrics = {}
     for variant in variants:
         start = time.perf_counter()
-        model = load_cadd(out, variant, settings)
+        model = replace(trained, variant=VARIANTS[variant], cohort_percentiles=percentiles)
         healthy = [model.pseudo_healthy(image, mask, age, sex)
                    for image, mask, age, sex in zip(images, masks, ages, sexes, strict=True)]
         maps = [np.abs(image - h) * mask for image, h, mask in zip(images, healthy, masks,
