@@ -46,7 +46,12 @@ EXAMPLES = {
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore "
-                "--cases ~/neuroad-cache/benchmarks/synthetic/cases.csv --out results/synthetic",
+                "--cases ~/neuroad-cache/benchmarks/synthetic/cases.csv --out results/synthetic"
+                "\n  neuroad evaluate --methods cadd,ldm --cases synthetic_t1.npz --device cuda "
+                "--out results/cadd",
+    "pack": "example:\n  neuroad pack ~/neuroad-cache/ixi_2mm --out ixi_2mm.npz\n"
+            "  neuroad pack ~/neuroad-cache/benchmarks/synthetic/cases.csv --contrast t1 "
+            "--out synthetic_t1.npz",
     "synth": "example:\n  neuroad synth scan.nii.gz --out scan_lesioned --seed 3\n"
              "  neuroad synth grid_image.nii.gz --out out --contrast flair --library my_masks/",
 }
@@ -107,40 +112,60 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .methods.zscore import ZScoreConfig
     from .outputs import check_writable
-    from .training.zscore import train_zscore
 
     check_writable(args.out)
-    if args.method in ("autoencoder", "transformer", "cadd"):
-        import torch
+    if args.method == "zscore":
+        from .methods.zscore import ZScoreConfig
+        from .training.zscore import train_zscore
 
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        folder = train_zscore(args.cohort, args.out, ZScoreConfig(age_adjusted=not args.no_age))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, "
+              "validation healthy FPR "
+              f"{manifest['metrics']['validation_healthy_fpr_at_threshold']:.4f}")
+        return 0
+    import torch
+
+    from .device import select_device
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    device = select_device(args.device)
     if args.method == "autoencoder":
         from .training.autoencoder import AutoencoderTraining, train_autoencoder
 
         training = AutoencoderTraining(steps=args.steps) if args.steps else None
-        train_autoencoder(args.cohort, args.out, args.config, training)
-        return 0
-    if args.method == "transformer":
+        train_autoencoder(args.cohort, args.out, args.config, training, device)
+    elif args.method == "transformer":
         from .training.latent_diffusion import LatentDiffusionTraining, train_latent_diffusion
 
         if not args.autoencoder:
             raise UsageError("neuroad train transformer needs --autoencoder FOLDER.")
         training = LatentDiffusionTraining(steps=args.steps) if args.steps else None
-        train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training)
-        return 0
-    if args.method == "cadd":
+        train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training,
+                               device)
+    else:
         from .training.cadd_bundle import build_cadd_bundle
 
         if not (args.autoencoder and args.transformer):
             raise UsageError("neuroad train cadd needs --autoencoder and --transformer.")
-        build_cadd_bundle(args.cohort, args.autoencoder, args.transformer, args.out)
-        return 0
-    folder = train_zscore(args.cohort, args.out, ZScoreConfig(age_adjusted=not args.no_age))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, validation "
-          f"healthy FPR {manifest['metrics']['validation_healthy_fpr_at_threshold']:.4f}")
+        variants = args.variants.split(",") if args.variants else None
+        build_cadd_bundle(args.cohort, args.autoencoder, args.transformer, args.out,
+                          variants=variants, device=device)
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from .gridpack import pack_cases, pack_cohort
+
+    source = Path(args.source)
+    if source.is_dir():
+        out = pack_cohort(source, args.out, tuple(args.split or ("train", "validation")))
+    elif source.suffix == ".csv":
+        out = pack_cases(source, args.out, args.contrast)
+    else:
+        raise InputError(f"{source} is neither a prepared cohort folder nor a cases.csv.")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -158,10 +183,13 @@ def _make_benchmarks(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .device import select_device
     from .evaluation.harness import evaluate
     from .methods import load_method
     from .models import find_bundle, verify_bundle
 
+    options = _parse_options(args.option)
+    device = select_device(args.device)
     methods = {}
     for name in args.methods.split(","):
         if args.models:
@@ -170,8 +198,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             bundle = find_bundle(name)
             verify_bundle(bundle)
             folder = bundle.folder
-        methods[name] = load_method(name, folder)
-    out = evaluate(methods, args.cases, args.out, show_progress=not args.quiet)
+        methods[name] = load_method(name, folder, options.get(name)).to(device)
+    out = evaluate(methods, args.cases, args.out, show_progress=not args.quiet,
+                   age_shift=args.age_shift)
     print((out / "summary.md").read_text())
     return 0
 
@@ -360,8 +389,22 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(defaults 4000 / 10000)")
     p.add_argument("--autoencoder", help="trained autoencoder folder")
     p.add_argument("--transformer", help="trained transformer folder")
+    p.add_argument("--variants", help="cadd: comma-separated variants to calibrate (default: "
+                                      "cadd,cadd_nocov,cadd_noinpaint,ldm,ldm_tavg)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="autoencoder / transformer / cadd: where torch trains")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
+
+    p = command("pack", "Pack a prepared cohort or a benchmark set (its grid volumes, 8-bit "
+                        "images, and its table) into one .npz that training and evaluation "
+                        "read without SimpleITK, e.g. on a GPU server.")
+    p.add_argument("source", help="cohort folder (prepare-cohort) or benchmark cases.csv")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.add_argument("--split", action="append", choices=["train", "validation"],
+                   help="cohort: only this split (repeatable; default both)")
+    p.add_argument("--contrast", help="cases: only this contrast (e.g. t1)")
+    p.set_defaults(run=_pack)
 
     p = command("make-benchmarks", "Build the benchmark sets: the real lesion cases on the "
                                    "grid, a lesion library, and synthetic lesions on the "
@@ -380,8 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--models", help="folder holding one model folder per method (default: "
                                     "the installed bundles)")
-    p.add_argument("--cases", required=True, help="benchmark manifest (cases.csv)")
+    p.add_argument("--cases", required=True,
+                   help="benchmark manifest (cases.csv) or its grid pack (.npz)")
     p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where torch methods run")
+    p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
+                   help="a method option, e.g. cadd.respacing=5")
+    p.add_argument("--age-shift", type=float, default=0.0, metavar="YEARS",
+                   help="give every case a wrong age, YEARS older below 50 and YEARS younger "
+                        "from 50 on (the normative check: a wrong age should raise the "
+                        "abnormality index of an age-conditioned method)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_evaluate)
 

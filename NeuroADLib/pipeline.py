@@ -115,14 +115,16 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     start = time.perf_counter()
     device = select_device(device_preference)
     try:
-        anomaly, healthy = method.to(device).predict(grid_image, brain, age, sex)
+        anomaly, healthy = method.to(device).predict(grid_image, brain, age, sex,
+                                                     progress.substep)
     except Exception as error:
         if not is_out_of_memory(error):
             raise
         progress.emit({"event": "log", "message": f"{method.name}: CUDA ran out of memory; "
                        "running again on the CPU (slower)."})
         device = "cpu (after CUDA out of memory)"
-        anomaly, healthy = method.to("cpu").predict(grid_image, brain, age, sex)
+        anomaly, healthy = method.to("cpu").predict(grid_image, brain, age, sex,
+                                                    progress.substep)
     timings["method"] = time.perf_counter() - start
 
     progress.step(f"{method.name}: back to the scan")

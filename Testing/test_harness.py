@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from conftest import ellipsoid_brain, fabricated_cohort, healthy_volume
 
 from NeuroADLib.evaluation.harness import evaluate
+from NeuroADLib.gridpack import pack_cases, write_pack
 from NeuroADLib.methods import load_method
 from NeuroADLib.synthesis import synthesize
 from NeuroADLib.training.provenance import sha256
@@ -87,8 +88,40 @@ def test_harness_end_to_end_and_resumable(trained, tmp_path):
     assert "max_dice_oracle" in (out / "summary.md").read_text()
     assert (out / "best_worst_zscore.png").is_file()
 
-    saved = out / "maps" / "zscore" / "l100.nii.gz"
+    saved = out / "maps" / "zscore" / "l100.npy"
     stamp = saved.stat().st_mtime_ns
     evaluate({"zscore": method}, cases / "cases.csv", out, show_progress=False)
     assert saved.stat().st_mtime_ns == stamp
     assert list(csv.DictReader((out / "cases.csv").open())) == results
+
+    # The same benchmark from its grid pack (8-bit images) gives the same figures up to the
+    # packing's rounding.
+    pack = pack_cases(cases / "cases.csv", tmp_path / "cases.npz")
+    packed = evaluate({"zscore": method}, pack, tmp_path / "packed", show_progress=False)
+    packed_rows = list(csv.DictReader((packed / "cases.csv").open()))
+    assert [r["case"] for r in packed_rows] == [r["case"] for r in results]
+    for row, reference in zip(packed_rows, results, strict=True):
+        if reference["auroc"]:
+            assert float(row["auroc"]) == pytest.approx(float(reference["auroc"]), abs=0.02)
+
+
+def test_an_age_shift_moves_ages_towards_the_other_end_of_the_range(trained, tmp_path):
+    class AgeProbe:
+        def __init__(self):
+            self.ages = []
+
+        def predict(self, image, brain, age, sex):
+            self.ages.append(age)
+            return image * 0 + 0.5, image
+
+    method = load_method("zscore", trained / "zscore")
+    probe = AgeProbe()
+    method.model = probe
+    brain = brain_mask()
+    rows = [{"case": f"h{age}", "contrast": "t1", "kind": "healthy", "subject": "h",
+             "age": str(age), "sex": "F", "reference": "none", "source": ""}
+            for age in (40, 50, 80)]
+    volumes = [{"image": healthy(1), "brain_mask": brain}] * 3
+    pack = write_pack(rows, volumes, tmp_path / "h.npz")
+    evaluate({"zscore": method}, pack, tmp_path / "out", show_progress=False, age_shift=30)
+    assert probe.ages == [70.0, 20.0, 50.0]

@@ -101,3 +101,24 @@ def test_registry_options_are_the_inpainting_defaults():
     from NeuroADLib.methods.cadd import VARIANTS
 
     assert set(VARIANTS) == {n for n, m in METHODS.items() if m.family == "cadd"}
+
+
+@pytest.mark.parametrize("respacing", [1, 10])
+def test_every_reverse_step_is_reported_and_can_stop_the_sampling(respacing):
+    z0 = torch.randn(1, 3, 4, 5, 4, generator=torch.Generator().manual_seed(5))
+    settings = InpaintingSettings(t_int=100, respacing=respacing)
+    seen = []
+    kl_guided_inpainting(DIFFUSION, oracle(z0), z0, settings, None,
+                         on_step=lambda done, total: seen.append((done, total)))
+    steps = 100 // respacing
+    assert seen == [(k, steps) for k in range(1, steps + 1)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third(done, total):
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        kl_guided_inpainting(DIFFUSION, oracle(z0), z0, settings, None, on_step=stop_at_third)

@@ -46,6 +46,7 @@ def test_resumed_training_equals_uninterrupted(stage_one, tmp_path):
     a = load_file(str(whole / "transformer.safetensors"))
     b = load_file(str(parts / "transformer.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (parts / "checkpoint" / "latents.safetensors").is_file()  # encoded once, reused
     manifest = json.loads((whole / "manifest.json").read_text())
     assert manifest["config"]["latent_shape"] == [4, 4, 4]
     assert manifest["latent_scale"] > 0
@@ -81,3 +82,24 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
     assert not np.array_equal(maps["cadd"], maps["ldm"])
     again = load_method("cadd", bundle).anomaly_map(image, brain, 44.0, "F")
     assert np.array_equal(again, maps["cadd"])  # seeded inference: same input, same output
+
+
+def test_cached_latents_are_reused_only_for_the_same_autoencoder_and_subjects(tmp_path):
+    from NeuroADLib.training.latent_diffusion import cached_latents
+
+    path = tmp_path / "latents.safetensors"
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            return torch.full((2, 3, 1, 1, 1), value)
+        return run
+
+    first = cached_latents(path, "abc", ["s1", "s2"], compute(1.0))
+    again = cached_latents(path, "abc", ["s1", "s2"], compute(2.0))
+    assert torch.equal(first, again) and calls == [1.0]
+    other_autoencoder = cached_latents(path, "def", ["s1", "s2"], compute(3.0))
+    other_subjects = cached_latents(path, "def", ["s1", "s3"], compute(4.0))
+    assert other_autoencoder[0, 0, 0, 0, 0] == 3.0 and other_subjects[0, 0, 0, 0, 0] == 4.0
+    assert calls == [1.0, 3.0, 4.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import threading
 import zipfile
 
@@ -13,6 +14,7 @@ from safetensors.numpy import save_file
 
 from NeuroADLib.errors import ModelError
 from NeuroADLib.models import find_bundle, list_bundles, verify_bundle
+from NeuroADLib.models.bundles import Bundle
 from NeuroADLib.models.store import delete_bundle, fetch_bundle, import_bundle
 from NeuroADLib.training.provenance import write_manifest
 
@@ -124,3 +126,18 @@ def test_delete(store, bundle_folder):
     assert not (store / "tiny-test").exists()
     with pytest.raises(ModelError, match="No model"):
         delete_bundle("tiny-test")
+
+
+def test_a_bundle_of_stages_verifies_the_files_of_its_sub_folders(tmp_path):
+    folder = tmp_path / "staged"
+    (folder / "transformer" / "checkpoint").mkdir(parents=True)
+    save_file({"w": np.ones(10, np.float32)}, str(folder / "transformer" / "w.safetensors"))
+    save_file({"w": np.ones(10, np.float32)}, str(folder / "transformer" / "checkpoint" /
+                                                  "state.safetensors"))
+    write_manifest(folder, id="staged", method="cadd", version="1")
+    bundle = Bundle(folder, json.loads((folder / "manifest.json").read_text()))
+    assert set(bundle.manifest["files"]) == {"transformer/w.safetensors"}
+    verify_bundle(bundle)
+    save_file({"w": np.zeros(10, np.float32)}, str(folder / "transformer" / "w.safetensors"))
+    with pytest.raises(ModelError, match="transformer/w.safetensors is corrupt"):
+        verify_bundle(bundle)

@@ -26,6 +26,9 @@ from .gaussian import GaussianDiffusion
 # model(z, index) -> [eps, v] with the covariates already bound. Timestep indices are 0-based
 # as in the diffusion arrays: index i is the noise level of z_{i+1}, so z_U has index U - 1.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# on_step(done, total) after every reverse step: progress reports, and cancellation (it may
+# raise to stop the sampling).
+StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ def inpainting_masks(kl: torch.Tensor, cohort_percentile: torch.Tensor | None,
 
 
 def denoise_chains(diffusion: GaussianDiffusion, model: Denoiser, zu: torch.Tensor,
-                   levels: list[int], respacing: int, seed: int) -> torch.Tensor:
+                   levels: list[int], respacing: int, seed: int,
+                   on_step: StepCallback | None = None) -> torch.Tensor:
     """Run every chain from its z_U to z_0 in one batch; chain k joins when the countdown of
     timestep indices reaches U_k - 1."""
     generator = torch.Generator().manual_seed(seed + 1)
@@ -93,6 +97,8 @@ def denoise_chains(diffusion: GaussianDiffusion, model: Denoiser, zu: torch.Tens
         else:
             following = schedule[position + 1] if position + 1 < len(schedule) else -1
             z[active] = _ddim_step(diffusion, output, z[active], t, following)
+        if on_step is not None:
+            on_step(position + 1, len(schedule))
     return z
 
 
@@ -108,8 +114,8 @@ def _ddim_step(diffusion: GaussianDiffusion, output: torch.Tensor, z: torch.Tens
 
 
 def kl_guided_inpainting(diffusion: GaussianDiffusion, model: Denoiser, z0: torch.Tensor,
-                         settings: InpaintingSettings,
-                         cohort_percentiles: torch.Tensor | None) -> dict[str, torch.Tensor]:
+                         settings: InpaintingSettings, cohort_percentiles: torch.Tensor | None,
+                         on_step: StepCallback | None = None) -> dict[str, torch.Tensor]:
     """Algorithm 1 for one latent z0 (1, C, D, H, W); `cohort_percentiles` (levels, D, H, W)
     from healthy validation subjects. Returns the inpainted latent (1, C, D, H, W), the masks
     and the KL maps."""
@@ -117,15 +123,18 @@ def kl_guided_inpainting(diffusion: GaussianDiffusion, model: Denoiser, z0: torc
     kl = kl_maps(diffusion, model, z0, settings)
     masks = inpainting_masks(kl, cohort_percentiles, settings.percentile)
     zu, _ = noised_latents(diffusion, z0, levels, settings.seed)
-    denoised = denoise_chains(diffusion, model, zu, levels, settings.respacing, settings.seed)
+    denoised = denoise_chains(diffusion, model, zu, levels, settings.respacing, settings.seed,
+                              on_step)
     keep = masks[:, None].float()
     blended = keep * denoised + (1 - keep) * z0
     return {"latent": blended.mean(dim=0, keepdim=True), "masks": masks, "kl": kl}
 
 
 def reconstruct(diffusion: GaussianDiffusion, model: Denoiser, z0: torch.Tensor,
-                levels: list[int], respacing: int, seed: int) -> torch.Tensor:
+                levels: list[int], respacing: int, seed: int,
+                on_step: StepCallback | None = None) -> torch.Tensor:
     """The LDM baselines: denoise from each level without inpainting and average
     (one level: LDM; several: LDM T_avg)."""
     zu, _ = noised_latents(diffusion, z0, levels, seed)
-    return denoise_chains(diffusion, model, zu, levels, respacing, seed).mean(0, keepdim=True)
+    return denoise_chains(diffusion, model, zu, levels, respacing, seed, on_step).mean(
+        0, keepdim=True)

@@ -7,6 +7,10 @@ threshold (the product default, no labels), lesion-wise detection rate, the flag
 brain voxels (the healthy false-positive rate on healthy cases), and the CADD-style abnormality
 index. Per method: mean and 95% CI per case kind, subject-level AUROC of the index (healthy vs
 lesioned), a markdown table, and a picture of its best and worst lesion cases.
+
+Cases come from a manifest (cases.csv, volumes read with SimpleITK) or from its grid pack
+(`neuroad pack`, numpy only, for a GPU server without SimpleITK). Maps are saved as float16
+.npy files on the grid, and the figures are computed from the saved values.
 """
 
 from __future__ import annotations
@@ -17,22 +21,44 @@ import os
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm import tqdm
 
+from ..gridpack import is_pack, read_pack
 from ..methods import LoadedMethod
 from ..postprocessing import abnormality_index, binarize, zscore_map
 from . import metrics
 from .cases import read_cases
 
+# The normative check moves ages towards the other end of the adult range, so that the wrong
+# age stays inside the ages the models were trained on.
+AGE_SHIFT_PIVOT = 50.0
+
 METRICS = ["auroc", "ap", "max_dice_oracle", "dice", "precision", "recall", "detection_rate",
            "flagged_fraction", "abnormality_index"]
 
 
-def _read(path: str) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+class CaseVolumes:
+    """The cases of a benchmark manifest or grid pack, and their grid volumes."""
+
+    def __init__(self, manifest: str | os.PathLike) -> None:
+        self.pack = read_pack(manifest) if is_pack(manifest) else None
+        if self.pack is not None:
+            self.cases = [{**row, "index": k} for k, row in enumerate(self.pack.rows)]
+        else:
+            self.cases = read_cases(manifest)
+
+    def read(self, case: dict, key: str) -> np.ndarray | None:
+        """image (float32), brain_mask or lesion_mask (bool); None where the case has none."""
+        if self.pack is not None:
+            return self.pack.volume(case["index"], key)
+        if not case[key]:
+            return None
+        import SimpleITK as sitk
+
+        array = sitk.GetArrayFromImage(sitk.ReadImage(case[key], sitk.sitkFloat32))
+        return array if key == "image" else array > 0
 
 
 def case_metrics(anomaly: np.ndarray, brain: np.ndarray, lesion: np.ndarray | None,
@@ -56,40 +82,43 @@ def case_metrics(anomaly: np.ndarray, brain: np.ndarray, lesion: np.ndarray | No
     return result
 
 
+def shifted_age(age: float, shift: float) -> float:
+    """`shift` years older below AGE_SHIFT_PIVOT, `shift` years younger from it on."""
+    return age + shift if age < AGE_SHIFT_PIVOT else age - shift
+
+
 def evaluate(methods: dict[str, LoadedMethod], manifest: str | os.PathLike,
-             out: str | os.PathLike, show_progress: bool = True) -> Path:
-    """Run the benchmark; writes cases.csv, summary.json, summary.md and pictures into out."""
+             out: str | os.PathLike, show_progress: bool = True, age_shift: float = 0.0
+             ) -> Path:
+    """Run the benchmark; writes cases.csv, summary.json, summary.md and pictures into out.
+    `age_shift` gives every case a wrong age (see `shifted_age`): the normative check of
+    age-conditioned methods."""
     out = Path(out)
-    cases = read_cases(manifest)
+    volumes = CaseVolumes(manifest)
     rows = []
-    jobs = [(name, case) for name, method in methods.items() for case in cases
+    jobs = [(name, case) for name, method in methods.items() for case in volumes.cases
             if case["contrast"] == method.contrast]
     for name, case in tqdm(jobs, desc="evaluate", unit="case", disable=not show_progress):
         method = methods[name]
         maps = out / "maps" / name
         maps.mkdir(parents=True, exist_ok=True)
-        map_path = maps / f"{case['case']}.nii.gz"
-        image_volume = sitk.ReadImage(case["image"], sitk.sitkFloat32)
-        brain = _read(case["brain_mask"]) > 0
-        if map_path.is_file():
-            anomaly = _read(str(map_path))
-        else:
-            age = float(case["age"]) if case["age"] else None
-            anomaly = method.anomaly_map(sitk.GetArrayFromImage(image_volume), brain, age,
+        map_path = maps / f"{case['case']}.npy"
+        brain = volumes.read(case, "brain_mask")
+        if not map_path.is_file():
+            age = shifted_age(float(case["age"]), age_shift) if case["age"] else None
+            anomaly = method.anomaly_map(volumes.read(case, "image"), brain, age,
                                          case["sex"] or None)
-            volume = sitk.GetImageFromArray(anomaly.astype(np.float32))
-            volume.CopyInformation(image_volume)
-            sitk.WriteImage(volume, str(map_path), useCompression=True)
-        lesion = _read(case["lesion_mask"]) > 0 if case["lesion_mask"] else None
+            np.save(map_path, anomaly.astype(np.float16))
+        anomaly = np.load(map_path).astype(np.float32)  # the saved values: resumes agree
         rows.append({"method": name, "case": case["case"], "kind": case["kind"],
-                     **case_metrics(anomaly, brain, lesion, method)})
+                     **case_metrics(anomaly, brain, volumes.read(case, "lesion_mask"), method)})
     _write_rows(rows, out / "cases.csv")
     summary = summarise(rows, methods)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(markdown_table(summary))
     for name in methods:
         lesion_rows = [r for r in rows if r["method"] == name and "ap" in r]
-        _best_and_worst(name, methods[name].calibration.threshold, lesion_rows, cases, out)
+        _best_and_worst(name, methods[name].calibration.threshold, lesion_rows, volumes, out)
     return out
 
 
@@ -153,20 +182,20 @@ def _write_rows(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _best_and_worst(name: str, threshold: float, rows: list[dict], cases: list[dict],
+def _best_and_worst(name: str, threshold: float, rows: list[dict], volumes: CaseVolumes,
                     out: Path) -> None:
     """Axial slice with the most lesion of the best and worst case (by AP): image with the lesion
     outline (red) and the map above threshold (yellow), and the map itself."""
     if not rows:
         return
     ranked = sorted(rows, key=lambda r: r["ap"])
-    by_name = {c["case"]: c for c in cases}
+    by_name = {c["case"]: c for c in volumes.cases}
     panels = []
     for row in (ranked[-1], ranked[0]):
         case = by_name[row["case"]]
-        image = _read(case["image"])
-        lesion = _read(case["lesion_mask"]) > 0
-        anomaly = _read(str(out / "maps" / name / f"{row['case']}.nii.gz"))
+        image = volumes.read(case, "image")
+        lesion = volumes.read(case, "lesion_mask")
+        anomaly = np.load(out / "maps" / name / f"{row['case']}.npy").astype(np.float32)
         z = int(np.argmax(lesion.sum(axis=(1, 2))))  # the slice with most lesion
         grey = np.repeat((np.clip(image[z], 0, 1) * 255).astype(np.uint8)[..., None], 3, 2)
         overlay = grey.copy()

@@ -14,6 +14,10 @@ from ..postprocessing import ReferenceStatistics
 from .registry import METHODS
 
 CALIBRATION = "calibration"
+# The product's label-free calibration of every method: the threshold lets through at most 1%
+# of healthy validation brain voxels; the abnormality index is the mean of the top 1% z-scores.
+HEALTHY_FPR = 0.01
+INDEX_TOP_FRACTION = 0.01
 
 
 @dataclass
@@ -27,16 +31,20 @@ class Calibration:
     reference: ReferenceStatistics
 
     def save(self, folder: Path, name: str = CALIBRATION) -> None:
+        """`name`.json and `name`.safetensors. The voxel statistics are stored in half
+        precision and only where healthy brains were seen (a bit mask marks where), which
+        keeps bundles small; the index moves by far less than its spread."""
         from safetensors.numpy import save_file
 
-        # Half precision keeps bundles small; the index moves by far less than its spread.
-        save_file({"mean": self.reference.mean.astype(np.float16),
-                   "std": self.reference.std.astype(np.float16)},
-                  str(folder / f"{name}.safetensors"))
+        covered = np.isfinite(self.reference.std)
+        save_file({"mean": self.reference.mean[covered].astype(np.float16),
+                   "std": self.reference.std[covered].astype(np.float16),
+                   "covered": np.packbits(covered)}, str(folder / f"{name}.safetensors"))
         (folder / f"{name}.json").write_text(json.dumps({
             "threshold": self.threshold, "fpr": self.fpr,
             "index_mean": self.reference.index_mean, "index_std": self.reference.index_std,
-            "top_fraction": self.reference.top_fraction}, indent=2))
+            "top_fraction": self.reference.top_fraction,
+            "shape": list(self.reference.std.shape)}, indent=2))
 
     @classmethod
     def load(cls, folder: Path, name: str = CALIBRATION) -> Calibration:
@@ -44,11 +52,16 @@ class Calibration:
 
         if not (folder / f"{name}.json").is_file():
             raise ModelError(f"The model in {folder} has no calibration {name!r}.")
-        arrays = {k: v.astype(np.float32) for k, v in
-                  load_file(str(folder / f"{name}.safetensors")).items()}
+        arrays = load_file(str(folder / f"{name}.safetensors"))
         meta = json.loads((folder / f"{name}.json").read_text())
-        reference = ReferenceStatistics(arrays["mean"], arrays["std"], meta["index_mean"],
-                                        meta["index_std"], meta["top_fraction"])
+        shape = tuple(meta["shape"])
+        covered = np.unpackbits(arrays["covered"], count=int(np.prod(shape))).reshape(
+            shape).astype(bool)
+        mean = np.zeros(shape, np.float32)
+        std = np.full(shape, np.inf, np.float32)
+        mean[covered], std[covered] = arrays["mean"], arrays["std"]
+        reference = ReferenceStatistics(mean, std, meta["index_mean"], meta["index_std"],
+                                        meta["top_fraction"])
         return cls(meta["threshold"], meta["fpr"], reference)
 
 
@@ -63,9 +76,10 @@ class LoadedMethod:
     calibration: Calibration
 
     def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                sex: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(anomaly map, pseudo-healthy image) on the grid, computed once."""
-        return self.model.predict(image, brain, age, sex)
+                sex: str | None = None, on_step=None) -> tuple[np.ndarray, np.ndarray]:
+        """(anomaly map, pseudo-healthy image) on the grid, computed once; `on_step(done,
+        total)` hears of the method's inner steps (diffusion sampling) and may raise to stop."""
+        return self.model.predict(image, brain, age, sex, on_step)
 
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
                     sex: str | None = None) -> np.ndarray:

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from ..diffusion import GaussianDiffusion
-from ..diffusion.inpainting import InpaintingSettings, kl_guided_inpainting, kl_maps, reconstruct
+from ..diffusion.inpainting import (
+    InpaintingSettings,
+    StepCallback,
+    kl_guided_inpainting,
+    kl_maps,
+    reconstruct,
+)
+from ..networks.autoencoder import decode_volume, encode_volume
 from ..networks.latte import LatteConfig, LatteTransformer
 
 
@@ -78,29 +85,30 @@ class CADDModel:
     @torch.no_grad()
     def encode(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(image[None, None].astype(np.float32)).to(self.device)
-        mu, _ = self.autoencoder.encode(x)
-        return mu * self.latent_scale
+        return encode_volume(self.autoencoder, x) * self.latent_scale
 
     @torch.no_grad()
     def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                       sex: str | None = None) -> np.ndarray:
+                       sex: str | None = None, on_step: StepCallback | None = None
+                       ) -> np.ndarray:
         z0 = self.encode(image)
         model = self.denoiser(age, sex)
         levels = self.settings.levels if self.variant.all_levels else [self.settings.t_int]
         if self.variant.inpaint:
             key = "covariates" if self.variant.covariates else "none"
             latent = kl_guided_inpainting(self.diffusion, model, z0, self.settings,
-                                          self.cohort_percentiles.get(key))["latent"]
+                                          self.cohort_percentiles.get(key), on_step)["latent"]
         else:
             latent = reconstruct(self.diffusion, model, z0, levels, self.settings.respacing,
-                                 self.settings.seed)
-        decoded = self.autoencoder.decode(latent / self.latent_scale)[0, 0].cpu().numpy()
+                                 self.settings.seed, on_step)
+        decoded = decode_volume(self.autoencoder, latent / self.latent_scale)[0, 0].cpu().numpy()
         return (np.clip(decoded, 0.0, 1.0) * brain).astype(np.float32)
 
     def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                sex: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(|x - x^| inside the brain, x^)."""
-        healthy = self.pseudo_healthy(image, brain, age, sex)
+                sex: str | None = None, on_step: StepCallback | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(|x - x^| inside the brain, x^); `on_step` hears of every sampling step."""
+        healthy = self.pseudo_healthy(image, brain, age, sex, on_step)
         return (np.abs(image - healthy) * brain).astype(np.float32), healthy
 
 

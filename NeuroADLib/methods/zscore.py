@@ -81,8 +81,9 @@ class VoxelNormativeModel:
         return self.mean + self.age_slope * np.float32(age - self.mean_age)
 
     def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                sex: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(|z| map, the expected healthy image) inside the brain."""
+                sex: str | None = None, on_step=None) -> tuple[np.ndarray, np.ndarray]:
+        """(|z| map, the expected healthy image) inside the brain (one step: `on_step` is not
+        called)."""
         return self.anomaly_map(image, brain, age, sex), self.expected(age) * brain
 
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray,

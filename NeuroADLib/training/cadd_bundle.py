@@ -12,48 +12,58 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cohort import read_manifest
 from ..diffusion.inpainting import InpaintingSettings
+from ..errors import UsageError
 from ..evaluation.metrics import mae_psnr_ssim
-from ..methods.base import Calibration
+from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
 from ..methods.cadd import PERCENTILES_FILE, VARIANTS, cohort_kl_percentiles, load_cadd
 from ..postprocessing import ReferenceStatistics, healthy_calibrated_threshold
-from .autoencoder import load_split
-from .provenance import write_manifest
-from .zscore import HEALTHY_FPR, INDEX_TOP_FRACTION
+from .autoencoder import reconstruction_quality
+from .data import load_split
+from .provenance import CHECKPOINT, write_manifest
 
 
 def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.PathLike,
                       transformer_dir: str | os.PathLike, out: str | os.PathLike,
                       settings: InpaintingSettings | None = None,
-                      variants: list[str] | None = None, log=print) -> Path:
+                      variants: list[str] | None = None, device: str = "cpu",
+                      log=print) -> Path:
+    """Copy both stages into `out` and compute, on the healthy validation split of
+    `cohort_dir` (a cohort folder or its grid pack), the KL percentiles and every variant's
+    calibration and reconstruction figures."""
     from safetensors.torch import save_file
 
     settings = settings or InpaintingSettings()
     variants = variants or list(VARIANTS)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise UsageError(f"Unknown CADD variant(s) {', '.join(sorted(unknown))}; choose from "
+                         f"{', '.join(VARIANTS)}.")
     cohort, out = Path(cohort_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, source in (("autoencoder", autoencoder_dir), ("transformer", transformer_dir)):
         target = out / name
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint"))
-    images, masks, subjects = load_split(cohort, "validation")
-    rows = {r["subject"]: r for r in read_manifest(cohort)}
-    ages = [float(rows[s]["age"]) if rows[s]["age"] else None for s in subjects]
-    sexes = [rows[s]["sex"] or None for s in subjects]
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(CHECKPOINT))
+    validation = load_split(cohort, "validation")
+    images, masks, subjects = validation.images, validation.masks, validation.subjects
+    ages, sexes = validation.ages, validation.sexes
 
     start = time.perf_counter()
-    trained = load_cadd(out, "cadd", settings)  # the two stages, loaded once for every variant
+    # the two stages, loaded once for every variant
+    trained = load_cadd(out, "cadd", settings).to(device)
     percentiles = {}
     for key, variant in (("covariates", "cadd"), ("none", "cadd_nocov")):
         model = replace(trained, variant=VARIANTS[variant])
         percentiles[key] = cohort_kl_percentiles(model, images, ages, sexes,
                                                  settings.percentile).contiguous()
-    save_file(percentiles, str(out / PERCENTILES_FILE))
+    save_file({k: v.cpu() for k, v in percentiles.items()}, str(out / PERCENTILES_FILE))
     log(f"validation KL percentiles: {time.perf_counter() - start:.1f} s")
 
-    metrics = {}
+    # The first stage alone: encode and decode, the floor of every variant's reconstruction.
+    metrics = {"autoencoder": reconstruction_quality(trained.autoencoder, images, masks, device)}
+    log(f"autoencoder: healthy validation reconstruction {metrics['autoencoder']}")
     for variant in variants:
         start = time.perf_counter()
         model = replace(trained, variant=VARIANTS[variant], cohort_percentiles=percentiles)
@@ -72,7 +82,8 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
         log(f"{variant}: healthy validation reconstruction {metrics[variant]}")
     write_manifest(out, id="cadd-ixi-2mm", method="cadd", variants=variants, version="1",
                    contrast="t1", covariates=["age", "sex"], inference=asdict(settings),
-                   training_data={"cohort": str(cohort.resolve()), "validation": subjects},
+                   device=device,
+                   training_data={"cohort": cohort.name, "validation": subjects},
                    metrics={"validation_reconstruction": metrics},
                    licence="CC BY-SA 3.0, as the IXI data it is derived from")
     return out

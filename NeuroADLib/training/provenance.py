@@ -1,4 +1,5 @@
-"""The manifest every trained model carries: what, from which data, how, and how well."""
+"""What every trained model carries: its manifest (what, from which data, how, and how well)
+and its weights as shipped."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+
+CHECKPOINT = "checkpoint"  # the folder of training state that a resumed run reads
 
 
 def code_version() -> str:
@@ -31,11 +34,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def half_precision(state: dict) -> dict:
+    """A state dict with floating-point tensors in float16 (contiguous, on the CPU): shipped
+    weights take half the space, and loading casts them back to the network's precision."""
+    return {name: (tensor.half() if tensor.is_floating_point() else tensor).cpu().contiguous()
+            for name, tensor in state.items()}
+
+
 def write_manifest(folder: Path, **fields) -> Path:
     """manifest.json with the given fields, the training command, code version, time, and the
-    size and sha256 of every other file in the folder."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    size and sha256 of every other file in the folder and its sub-folders (training
+    checkpoints aside)."""
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / "manifest.json"
+             and CHECKPOINT not in p.relative_to(folder).parts}
     manifest = {
         **fields,
         "training_command": " ".join(["neuroad", *sys.argv[1:]]) if sys.argv else "",

@@ -13,14 +13,11 @@ import SimpleITK as sitk
 
 from ..cohort import read_manifest
 from ..grid import GridSpec
-from ..methods.base import Calibration
+from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
 from ..methods.zscore import VoxelNormativeModel, ZScoreConfig
 from ..outputs import atomic_output_folder
 from ..postprocessing import ReferenceStatistics, healthy_calibrated_threshold
 from .provenance import write_manifest
-
-HEALTHY_FPR = 0.01
-INDEX_TOP_FRACTION = 0.01
 
 
 def _load(cohort: Path, rows: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
