@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import signal
 import sys
 import threading
@@ -34,7 +33,12 @@ def emit(event: dict) -> None:
     print(json.dumps(event, default=float), flush=True)
 
 
-def _peak_memory_mb() -> float:
+def _peak_memory_mb() -> float | None:
+    """Peak resident memory of this process (None on Windows, which has no `resource`)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -70,7 +70,9 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
                                log=quiet)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["metrics"]["validation_reconstruction"]) == {
-        "cadd", "cadd_nocov", "cadd_noinpaint", "ldm", "ldm_tavg"}
+        "autoencoder", "cadd", "cadd_nocov", "cadd_noinpaint", "ldm", "ldm_tavg"}
+    assert "autoencoder/autoencoder.safetensors" in manifest["files"]
+    assert "calibration.log" in manifest["files"]
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "subjects" / "s1_image.nii.gz")))
     brain = image > 0
     maps = {}

@@ -35,6 +35,12 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
 
     settings = settings or InpaintingSettings()
     variants = variants or list(VARIANTS)
+    lines: list[str] = []
+
+    def record(message: str) -> None:  # the bundle keeps its own log
+        lines.append(message)
+        log(message)
+
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise UsageError(f"Unknown CADD variant(s) {', '.join(sorted(unknown))}; choose from "
@@ -59,11 +65,11 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
         percentiles[key] = cohort_kl_percentiles(model, images, ages, sexes,
                                                  settings.percentile).contiguous()
     save_file({k: v.cpu() for k, v in percentiles.items()}, str(out / PERCENTILES_FILE))
-    log(f"validation KL percentiles: {time.perf_counter() - start:.1f} s")
+    record(f"validation KL percentiles: {time.perf_counter() - start:.1f} s")
 
     # The first stage alone: encode and decode, the floor of every variant's reconstruction.
     metrics = {"autoencoder": reconstruction_quality(trained.autoencoder, images, masks, device)}
-    log(f"autoencoder: healthy validation reconstruction {metrics['autoencoder']}")
+    record(f"autoencoder: healthy validation reconstruction {metrics['autoencoder']}")
     for variant in variants:
         start = time.perf_counter()
         model = replace(trained, variant=VARIANTS[variant], cohort_percentiles=percentiles)
@@ -79,7 +85,8 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
         metrics[variant] = {key: float(np.mean([q[key] for q in quality]))
                             for key in quality[0]}
         metrics[variant]["seconds_per_subject"] = (time.perf_counter() - start) / len(images)
-        log(f"{variant}: healthy validation reconstruction {metrics[variant]}")
+        record(f"{variant}: healthy validation reconstruction {metrics[variant]}")
+    (out / "calibration.log").write_text("\n".join(lines) + "\n")
     write_manifest(out, id="cadd-ixi-2mm", method="cadd", variants=variants, version="1",
                    contrast="t1", covariates=["age", "sex"], inference=asdict(settings),
                    device=device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -16,7 +17,10 @@ CHECKPOINT = "checkpoint"  # the folder of training state that a resumed run rea
 
 
 def code_version() -> str:
-    """The package version plus the git commit (and '-dirty') when run from a checkout."""
+    """The package version plus the git commit (and '-dirty') when run from a checkout, or
+    $NEUROAD_CODE_VERSION where the code is a copy without its history (a GPU server)."""
+    if os.environ.get("NEUROAD_CODE_VERSION"):
+        return os.environ["NEUROAD_CODE_VERSION"]
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
