@@ -42,8 +42,10 @@ def read_case_table(path: str | os.PathLike) -> list[dict]:
 
 
 def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLike,
-              show_progress: bool = True) -> Path:
-    """Run every case into `out/<case>/`, skipping cases already done; write `out/summary.csv`."""
+              show_progress: bool = True, device: str = "auto",
+              options: dict[str, dict] | None = None) -> Path:
+    """Run every case into `out/<case>/`, skipping cases already done; write `out/summary.csv`.
+    `device` and `options` as for `pipeline.run`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded: dict = {}
@@ -58,7 +60,8 @@ def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLi
             if reports is None:
                 age = float(row["age"]) if row["age"].strip() else None
                 reports = run(row["path"], age, row["sex"].strip().upper(), methods, folder,
-                              row.get("brain_mask") or None, loaded_methods=loaded)
+                              row.get("brain_mask") or None, loaded_methods=loaded,
+                              device=device, options=options)
             else:
                 entry["status"] = "done before"
             for name, report in reports.items():

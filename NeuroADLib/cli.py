@@ -250,7 +250,8 @@ def _batch(args: argparse.Namespace) -> int:
     from .batch import run_batch
 
     _threads(args.threads)
-    summary = run_batch(args.cases, args.method, args.out, show_progress=not args.quiet)
+    summary = run_batch(args.cases, args.method, args.out, show_progress=not args.quiet,
+                        device=args.device, options=_parse_options(args.option))
     with summary.open() as handle:
         statuses = [row["status"] for row in csv.DictReader(handle)]
     failed = statuses.count("failed")
@@ -459,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cases", help="CSV case table")
     p.add_argument("--method", action="append", required=True, choices=method_choices())
     p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where torch methods run (auto: CUDA when present)")
+    p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
+                   help="a method option, e.g. cadd.respacing=5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, help="CPU threads (default: all)")
     p.set_defaults(run=_batch)

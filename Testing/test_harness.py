@@ -110,7 +110,7 @@ def test_an_age_shift_moves_ages_towards_the_other_end_of_the_range(trained, tmp
         def __init__(self):
             self.ages = []
 
-        def predict(self, image, brain, age, sex):
+        def predict(self, image, brain, age, sex, on_step=None):
             self.ages.append(age)
             return image * 0 + 0.5, image
 

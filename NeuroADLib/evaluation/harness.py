@@ -29,7 +29,6 @@ from ..gridpack import is_pack, read_pack
 from ..methods import LoadedMethod
 from ..postprocessing import abnormality_index, binarize, zscore_map
 from . import metrics
-from .cases import read_cases
 
 # The normative check moves ages towards the other end of the adult range, so that the wrong
 # age stays inside the ages the models were trained on.
@@ -47,6 +46,8 @@ class CaseVolumes:
         if self.pack is not None:
             self.cases = [{**row, "index": k} for k, row in enumerate(self.pack.rows)]
         else:
+            from .cases import read_cases  # SimpleITK: only for manifests of files
+
             self.cases = read_cases(manifest)
 
     def read(self, case: dict, key: str) -> np.ndarray | None:
