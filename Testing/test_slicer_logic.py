@@ -106,10 +106,10 @@ def drive(run, until=None) -> list[runs.RunProgress]:
     """Poll a started run until it ends, or until `until(event)`; the progress seen."""
     seen = []
     while not run.finished:
-        for event in run.poll():
-            if until is not None and until(event):
-                return seen
+        events = run.poll()  # a busy machine may deliver several steps in one poll
         seen.append(runs.RunProgress(**vars(run.progress)))
+        if until is not None and any(until(event) for event in events):
+            return seen
         time.sleep(0.1)
     return seen
 
