@@ -77,7 +77,8 @@ def read_pack(path: str | os.PathLike) -> GridPack:
     return GridPack(rows, arrays)
 
 
-def _read_grid(path: str | os.PathLike) -> np.ndarray:
+def read_grid_file(path: str | os.PathLike) -> np.ndarray:
+    """A grid volume file as a float32 array (SimpleITK, imported only here)."""
     import SimpleITK as sitk
 
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
@@ -94,8 +95,8 @@ def pack_cohort(cache_dir: str | os.PathLike, out: str | os.PathLike,
         if row["split"] not in splits:
             continue
         rows.append({key: row[key] for key in ("subject", "age", "sex", "split")})
-        volumes.append({"image": _read_grid(cache_dir / row["image"]),
-                        "brain_mask": _read_grid(cache_dir / row["brain_mask"])})
+        volumes.append({"image": read_grid_file(cache_dir / row["image"]),
+                        "brain_mask": read_grid_file(cache_dir / row["brain_mask"])})
     return write_pack(rows, volumes, out)
 
 
@@ -108,6 +109,6 @@ def pack_cases(manifest: str | os.PathLike, out: str | os.PathLike,
     for case in read_cases(manifest):
         if contrast and case["contrast"] != contrast:
             continue
-        volumes.append({key: _read_grid(case[key]) for key in VOLUME_KEYS if case[key]})
+        volumes.append({key: read_grid_file(case[key]) for key in VOLUME_KEYS if case[key]})
         rows.append({key: value for key, value in case.items() if key not in VOLUME_KEYS})
     return write_pack(rows, volumes, out)

@@ -25,7 +25,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm import tqdm
 
-from ..gridpack import is_pack, read_pack
+from ..gridpack import is_pack, read_grid_file, read_pack
 from ..methods import LoadedMethod
 from ..postprocessing import abnormality_index, binarize, zscore_map
 from . import metrics
@@ -56,9 +56,7 @@ class CaseVolumes:
             return self.pack.volume(case["index"], key)
         if not case[key]:
             return None
-        import SimpleITK as sitk
-
-        array = sitk.GetArrayFromImage(sitk.ReadImage(case[key], sitk.sitkFloat32))
+        array = read_grid_file(case[key])
         return array if key == "image" else array > 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gridpack import is_pack, read_pack
+from ..gridpack import is_pack, read_grid_file, read_pack
 
 
 @dataclass
@@ -39,14 +39,10 @@ def load_split(cohort: str | os.PathLike, split: str) -> CohortSplit:
         return CohortSplit([pack.volume(k, "image") for k in picked],
                            [pack.volume(k, "brain_mask") for k in picked],
                            [pack.rows[k] for k in picked])
-    import SimpleITK as sitk
-
     from ..cohort import read_manifest
 
     cohort = Path(cohort)
     rows = [r for r in read_manifest(cohort) if r["split"] == split]
-    images = [sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / r["image"]), sitk.sitkFloat32))
-              for r in rows]
-    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / r["brain_mask"]))) > 0
-             for r in rows]
+    images = [read_grid_file(cohort / r["image"]) for r in rows]
+    masks = [read_grid_file(cohort / r["brain_mask"]) > 0 for r in rows]
     return CohortSplit(images, masks, rows)
