@@ -227,16 +227,19 @@ def healthy_cohort(n_subjects=6, seed=4, shape=(6, 7, 8)):
 
 def test_reference_statistics_and_zscore_map_closed_form():
     maps, _ = healthy_cohort()
+    maps[:, 0, 0, :] = 1.0  # a row where healthy maps agree exactly: std at the relative floor
     full = np.ones(maps.shape, bool)
     reference = ReferenceStatistics.from_healthy_maps(maps, full, top_fraction=0.05)
+    expected_std = np.maximum(maps.std(axis=0), 0.1 * np.median(maps.std(axis=0)))
+    assert np.all(expected_std[0, 0] > 0)
     np.testing.assert_allclose(reference.mean, maps.mean(axis=0))
-    np.testing.assert_allclose(reference.std, maps.std(axis=0))
+    np.testing.assert_allclose(reference.std, expected_std)
     new_map = np.random.default_rng(5).gamma(2.0, 0.5, size=maps.shape[1:])
     np.testing.assert_allclose(
-        zscore_map(new_map, reference), (new_map - maps.mean(axis=0)) / maps.std(axis=0)
+        zscore_map(new_map, reference), (new_map - maps.mean(axis=0)) / expected_std
     )
     indices = [
-        abnormality_index((m - maps.mean(axis=0)) / maps.std(axis=0), mask, 0.05)
+        abnormality_index((m - maps.mean(axis=0)) / expected_std, mask, 0.05)
         for m, mask in zip(maps, full, strict=True)
     ]
     assert reference.index_mean == pytest.approx(np.mean(indices))
@@ -248,20 +251,28 @@ def test_reference_statistics_and_zscore_map_closed_form():
 
 
 def test_reference_statistics_use_only_covering_masks():
-    maps, masks = healthy_cohort()
+    maps, masks = healthy_cohort()  # 6 subjects: a voxel needs 3 covering masks
     masks[:, 0, 0, 0] = False  # covered by no subject
-    masks[:, 1, 1, 1] = [True, False, False, False, False, False]  # by one: std 0 -> floor
+    masks[:, 1, 1, 1] = [True, False, False, False, False, False]  # by one: no evidence
+    masks[:, 2, 2, 2] = [True, True, False, False, False, False]  # by two: still too few
+    masks[:, 3, 3, 3] = [True, True, True, False, False, False]  # by three: enough
+    maps[:3, 3, 3, 3] = 0.5  # ... but they agree exactly: std at the relative floor
     reference = ReferenceStatistics.from_healthy_maps(maps, masks)
+    supported = masks.sum(axis=0) >= 3
+    stds = [maps[(slice(None), *v)][masks[(slice(None), *v)]].std()
+            for v in itertools.product(*(range(n) for n in maps.shape[1:])) if supported[v]]
+    floor = 0.1 * np.median(stds)
     for v in itertools.product(*(range(n) for n in maps.shape[1:])):
         covering = maps[(slice(None), *v)][masks[(slice(None), *v)]]
-        if covering.size == 0:
-            assert reference.mean[v] == 0.0 and reference.std[v] == np.inf
+        assert reference.mean[v] == pytest.approx(covering.mean() if covering.size else 0.0)
+        if supported[v]:
+            assert reference.std[v] == pytest.approx(max(covering.std(), floor))
         else:
-            assert reference.mean[v] == pytest.approx(covering.mean())
-            assert reference.std[v] == pytest.approx(max(covering.std(), 1e-6))
-    assert reference.std[1, 1, 1] == 1e-6
+            assert reference.std[v] == np.inf
+    assert reference.std[3, 3, 3] == pytest.approx(floor)
     z = zscore_map(maps[0] + 1.0, reference)
-    assert z[0, 0, 0] == 0.0 and np.all(np.isfinite(z))
+    assert z[0, 0, 0] == z[1, 1, 1] == z[2, 2, 2] == 0.0 and np.all(np.isfinite(z))
+    assert np.max(np.abs(z)) <= (maps.max() + 1.0) / floor
 
 
 @pytest.mark.parametrize("top_fraction", [0.01, 0.05, 0.37, 1.0])

@@ -19,6 +19,11 @@ import numpy as np
 from .thresholds import _in_mask
 
 _STD_FLOOR = 1e-6  # keeps a voxel that is constant over healthy subjects from dividing by 0
+# A voxel's z-score needs healthy evidence: at least this fraction of the subjects (and two) must
+# cover it, and its std is floored at this fraction of the median voxel std, so that a voxel
+# seen by one or two brains, or where healthy maps happen to agree, cannot dominate the index.
+MIN_COVERAGE = 0.5
+RELATIVE_STD_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,11 @@ class ReferenceStatistics:
         top_fraction: float = 0.01,
     ) -> ReferenceStatistics:
         """Statistics of at least two healthy subjects' maps and brain masks. At each voxel
-        the mean and (population) std use only the subjects whose mask covers it; std is
-        floored at 1e-6, and is infinite where no mask covers the voxel so that its z-score is
-        0 (no evidence either way). The subjects' indices are computed with these same
-        statistics, i.e. in-sample."""
+        the mean and (population) std use only the subjects whose mask covers it. Where fewer
+        than `MIN_COVERAGE` of the subjects (or fewer than two) cover a voxel the std is
+        infinite, so that its z-score is 0 (no evidence either way); elsewhere it is floored
+        at `RELATIVE_STD_FLOOR` times the median std. The subjects' indices are computed with
+        these same statistics, i.e. in-sample."""
         maps = np.stack([np.asarray(m, dtype=np.float64) for m in maps])
         masks = np.stack([np.asarray(m, dtype=bool) for m in masks])
         if maps.shape != masks.shape:
@@ -52,11 +58,13 @@ class ReferenceStatistics:
         if len(maps) < 2:
             raise ValueError("reference statistics need at least two healthy subjects")
         count = masks.sum(axis=0)
-        covered = count > 0
+        supported = count >= max(2, math.ceil(MIN_COVERAGE * len(maps)))
         safe_count = np.maximum(count, 1)
         mean = np.where(masks, maps, 0.0).sum(axis=0) / safe_count
-        variance = np.where(masks, (maps - mean) ** 2, 0.0).sum(axis=0) / safe_count
-        std = np.where(covered, np.maximum(np.sqrt(variance), _STD_FLOOR), np.inf)
+        raw_std = np.sqrt(np.where(masks, (maps - mean) ** 2, 0.0).sum(axis=0) / safe_count)
+        floor = max(RELATIVE_STD_FLOOR * float(np.median(raw_std[supported]))
+                    if supported.any() else 0.0, _STD_FLOOR)
+        std = np.where(supported, np.maximum(raw_std, floor), np.inf)
         voxel_statistics = cls(mean, std, 0.0, 1.0, top_fraction)
         indices = [
             abnormality_index(zscore_map(m, voxel_statistics), mask, top_fraction)
