@@ -52,6 +52,29 @@ def test_plain_model_is_mean_and_std_and_map_is_abs_z(tmp_path):
     np.testing.assert_array_equal(loaded.anomaly_map(test, brain), z)
 
 
+def test_saved_model_is_the_fitted_one_and_stores_only_informative_voxels(tmp_path):
+    shape = (10, 12, 9)
+    images, _, ages = cohort(shape=shape)
+    inside = np.zeros(shape, bool)
+    inside[2:8, 2:10, 2:7] = True
+    rng = np.random.default_rng(1)
+    masks = [inside & (rng.random(shape) < 0.97) for _ in images]
+    images = [image * inside for image in images]  # skull-stripped: zero outside the brain
+    model = VoxelNormativeModel.fit(images, masks, ages, ZScoreConfig())
+    assert 0 < model.support.sum() < inside.sum()
+    assert np.all(np.isinf(model.std[~model.support]))
+    folder = model.save(tmp_path / "m")
+    loaded = VoxelNormativeModel.load(folder)
+    for name in ("mean", "std", "age_slope", "support", "reference_quantiles"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name), err_msg=name)
+    test, brain = images[3] + 0.2 * inside, inside
+    np.testing.assert_array_equal(loaded.anomaly_map(test, brain, 61.0),
+                                  model.anomaly_map(test, brain, 61.0))
+    np.testing.assert_array_equal(loaded.expected(61.0), model.expected(61.0))
+    full_grids = 3 * 2 * np.prod(shape)
+    assert (folder / "zscore.safetensors").stat().st_size < full_grids
+
+
 def test_age_adjusted_model_needs_ages():
     images, masks, _ = cohort(n=5)
     with pytest.raises(ValueError, match="age"):

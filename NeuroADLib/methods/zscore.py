@@ -72,6 +72,7 @@ class VoxelNormativeModel:
             x = x - slope * centred_age[:, None, None, None]
             dof -= 1
         std = np.maximum(np.sqrt(np.sum((x - mean) ** 2, axis=0) / dof), MIN_STD)
+        std[~support] = np.inf  # no model outside the support: its |z| is 0 there
         return cls(_half(mean), _half(std), _half(slope), mean_age, support, config, reference)
 
     def expected(self, age: float | None = None) -> np.ndarray:
@@ -95,18 +96,23 @@ class VoxelNormativeModel:
         return (np.abs(z) * (brain.astype(bool) & self.support)).astype(np.float32)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Weights as safetensors, config as JSON (nothing pickled)."""
+        """Weights as safetensors, config as JSON (nothing pickled). Only the voxels that
+        carry information are stored (the expectation where it is non-zero, the std inside the
+        support), with bit masks saying where: a third of the full grids' size."""
         from safetensors.numpy import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean.astype(np.float16), "std": self.std.astype(np.float16),
-                   "age_slope": self.age_slope.astype(np.float16),
-                   "support": self.support.astype(np.uint8),
+        modelled = (self.mean != 0) | (self.age_slope != 0)
+        save_file({"mean": self.mean[modelled].astype(np.float16),
+                   "age_slope": self.age_slope[modelled].astype(np.float16),
+                   "std": self.std[self.support].astype(np.float16),
+                   "modelled": np.packbits(modelled), "support": np.packbits(self.support),
                    "reference_quantiles": self.reference_quantiles.astype(np.float64)},
                   str(folder / "zscore.safetensors"))
         (folder / "zscore.json").write_text(json.dumps(
-            {"config": asdict(self.config), "mean_age": self.mean_age}, indent=2))
+            {"config": asdict(self.config), "mean_age": self.mean_age,
+             "shape": list(self.mean.shape)}, indent=2))
         return folder
 
     @classmethod
@@ -115,11 +121,16 @@ class VoxelNormativeModel:
 
         folder = Path(folder)
         arrays = load_file(str(folder / "zscore.safetensors"))
-        quantiles = arrays.pop("reference_quantiles")
-        arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
         meta = json.loads((folder / "zscore.json").read_text())
-        return cls(arrays["mean"], arrays["std"], arrays["age_slope"], float(meta["mean_age"]),
-                   arrays["support"].astype(bool), ZScoreConfig(**meta["config"]), quantiles)
+        shape = tuple(meta["shape"])
+        modelled, support = (np.unpackbits(arrays[key], count=int(np.prod(shape)))
+                             .reshape(shape).astype(bool) for key in ("modelled", "support"))
+        mean, slope = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        std = np.full(shape, np.inf, np.float32)
+        mean[modelled], slope[modelled] = arrays["mean"], arrays["age_slope"]
+        std[support] = arrays["std"]
+        return cls(mean, std, slope, float(meta["mean_age"]), support,
+                   ZScoreConfig(**meta["config"]), arrays["reference_quantiles"])
 
 
 def _half(array: np.ndarray) -> np.ndarray:
