@@ -7,6 +7,8 @@ import json
 import pytest
 from conftest import fabricated_cohort
 
+from NeuroADLib.errors import UsageError
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("einops")
 
@@ -84,6 +86,45 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
     assert not np.array_equal(maps["cadd"], maps["ldm"])
     again = load_method("cadd", bundle).anomaly_map(image, brain, 44.0, "F")
     assert np.array_equal(again, maps["cadd"])  # seeded inference: same input, same output
+    # the cohort percentiles cover every level up to T, so a longer chain finds its rows ...
+    longer = load_method("cadd", bundle, {"t_int": 300, "respacing": 10})
+    assert longer.anomaly_map(image, brain, 44.0, "F").shape == image.shape
+    # ... and a level without percentiles is a usage error, not a shape error
+    with pytest.raises(UsageError, match="level_step"):
+        load_method("cadd", bundle, {"level_step": 30, "respacing": 10}).anomaly_map(
+            image, brain, 44.0, "F")
+
+
+def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
+    import numpy as np
+
+    from NeuroADLib.diffusion.inpainting import InpaintingSettings, kl_maps
+    from NeuroADLib.methods.cadd import cohort_kl_percentiles, load_cadd
+    from NeuroADLib.training.cadd_bundle import build_cadd_bundle
+    from NeuroADLib.training.data import load_split
+
+    cohort, autoencoder = stage_one
+    transformer = train_latent_diffusion(cohort, autoencoder, tmp_path / "transformer", "tiny",
+                                         LatentDiffusionTraining(steps=2, batch_size=2),
+                                         log=quiet)
+    bundle = build_cadd_bundle(cohort, autoencoder, transformer, tmp_path / "cadd",
+                               InpaintingSettings(t_int=100, respacing=10), variants=["ldm"],
+                               log=quiet)
+    model = load_cadd(bundle, "cadd")
+    assert model.cohort_percentiles["levels"].tolist() == list(range(50, 1001, 50))
+    validation = load_split(cohort, "validation")
+    latents = [model.encode(image) for image in validation.images]
+    table = cohort_kl_percentiles(model, latents, validation.ages, validation.sexes)
+    for key in ("covariates", "none"):
+        torch.testing.assert_close(model.cohort_percentiles[key], table[key])  # as stored
+    at_150 = InpaintingSettings(t_int=150)  # its last level, U = 150, is row 2
+    maps = [kl_maps(model.diffusion, model.denoiser(age, sex), z0, at_150)[-1].numpy()
+            for z0, age, sex in zip(latents, validation.ages, validation.sexes, strict=True)]
+    np.testing.assert_allclose(table["covariates"][2].numpy(), np.percentile(maps, 95, axis=0),
+                               rtol=2e-3, atol=1e-6)
+    model.settings = at_150
+    torch.testing.assert_close(model.cohort_percentiles_at_levels(),
+                               table["covariates"][:3])
 
 
 def test_cached_latents_are_reused_only_for_the_same_autoencoder_and_subjects(tmp_path):

@@ -14,7 +14,7 @@ the decoded pseudo-healthy image. Each variant carries its own healthy calibrati
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..diffusion.inpainting import (
     kl_maps,
     reconstruct,
 )
+from ..errors import UsageError
 from ..networks.autoencoder import decode_volume, encode_volume
 from ..networks.latte import LatteConfig, LatteTransformer
 
@@ -47,6 +48,7 @@ VARIANTS = {
     "ldm_tavg": Variant(inpaint=False, covariates=False),
 }
 PERCENTILES_FILE = "kl_percentiles.safetensors"
+LEVELS_KEY = "levels"
 
 
 @dataclass
@@ -56,9 +58,25 @@ class CADDModel:
     latent_scale: float
     settings: InpaintingSettings
     variant: Variant
-    cohort_percentiles: dict[str, torch.Tensor]
+    cohort_percentiles: dict[str, torch.Tensor]  # "covariates"/"none", and LEVELS_KEY
     diffusion: GaussianDiffusion
     device: str = "cpu"
+
+    def cohort_percentiles_at_levels(self) -> torch.Tensor | None:
+        """The healthy cohort's KL percentiles at this run's levels U (rows of the stored
+        table, which covers every level_step up to T), or None where the bundle has none."""
+        key = "covariates" if self.variant.covariates else "none"
+        if key not in self.cohort_percentiles:
+            return None
+        stored = self.cohort_percentiles[LEVELS_KEY].tolist()
+        missing = sorted(set(self.settings.levels) - set(stored))
+        if missing:
+            raise UsageError(
+                f"This CADD bundle has healthy KL percentiles at noise levels {stored[0]}, "
+                f"{stored[1]}, ..., {stored[-1]}, not at {missing[0]}: choose t_int and "
+                f"level_step among those levels (level_step a multiple of {stored[0]}).")
+        rows = torch.tensor([stored.index(level) for level in self.settings.levels])
+        return self.cohort_percentiles[key][rows.to(self.cohort_percentiles[key].device)]
 
     def to(self, device: str) -> CADDModel:
         self.autoencoder.to(device)
@@ -95,9 +113,9 @@ class CADDModel:
         model = self.denoiser(age, sex)
         levels = self.settings.levels if self.variant.all_levels else [self.settings.t_int]
         if self.variant.inpaint:
-            key = "covariates" if self.variant.covariates else "none"
             latent = kl_guided_inpainting(self.diffusion, model, z0, self.settings,
-                                          self.cohort_percentiles.get(key), on_step)["latent"]
+                                          self.cohort_percentiles_at_levels(),
+                                          on_step)["latent"]
         else:
             latent = reconstruct(self.diffusion, model, z0, levels, self.settings.respacing,
                                  self.settings.seed, on_step)
@@ -112,14 +130,22 @@ class CADDModel:
         return (np.abs(image - healthy) * brain).astype(np.float32), healthy
 
 
-def cohort_kl_percentiles(model: CADDModel, images: list[np.ndarray], ages: list, sexes: list,
-                          percentile: float = 95.0) -> torch.Tensor:
-    """KL_{P95}^{val}(U): per level and latent position, the percentile of KL_U over healthy
-    validation subjects (the authors' code lacks this function; derived from the paper)."""
-    maps = torch.stack([kl_maps(model.diffusion, model.denoiser(age, sex), model.encode(image),
-                                model.settings)
-                        for image, age, sex in zip(images, ages, sexes, strict=True)])
-    return torch.quantile(maps, percentile / 100.0, dim=0)
+def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor], ages: list,
+                          sexes: list) -> dict[str, torch.Tensor]:
+    """KL_{P95}^{val}(U): per level and latent position, the percentile (the model's
+    `settings.percentile`) of KL_U over healthy validation latents, with covariates
+    ("covariates") and without ("none"), at every level_step up to T, so that any T_int up to
+    the full chain finds its rows (the authors' code lacks this function; derived from the
+    paper). Rounded to float16, the precision it is stored at."""
+    settings = replace(model.settings, t_int=model.diffusion.num_timesteps)
+    table = {LEVELS_KEY: torch.tensor(settings.levels)}
+    for key, variant in (("covariates", "cadd"), ("none", "cadd_nocov")):
+        denoiser = replace(model, variant=VARIANTS[variant]).denoiser
+        maps = torch.stack([kl_maps(model.diffusion, denoiser(age, sex), z0, settings)
+                            for z0, age, sex in zip(latents, ages, sexes, strict=True)])
+        table[key] = torch.quantile(maps, settings.percentile / 100.0, dim=0
+                                    ).half().float().contiguous()
+    return table
 
 
 def load_cadd(folder: str | Path, variant: str, settings: InpaintingSettings | None = None
@@ -139,7 +165,8 @@ def load_cadd(folder: str | Path, variant: str, settings: InpaintingSettings | N
                                               "transformer.safetensors")))
     percentiles = {}
     if (folder / PERCENTILES_FILE).is_file():
-        percentiles = dict(load_file(str(folder / PERCENTILES_FILE)))
+        percentiles = {key: value if key == LEVELS_KEY else value.float()
+                       for key, value in load_file(str(folder / PERCENTILES_FILE)).items()}
     bundle = json.loads((folder / "manifest.json").read_text()) if (
         folder / "manifest.json").is_file() else {}
     settings = settings or InpaintingSettings(**bundle.get("inference", {}))

@@ -16,7 +16,13 @@ from ..diffusion.inpainting import InpaintingSettings
 from ..errors import UsageError
 from ..evaluation.metrics import mae_psnr_ssim
 from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
-from ..methods.cadd import PERCENTILES_FILE, VARIANTS, cohort_kl_percentiles, load_cadd
+from ..methods.cadd import (
+    LEVELS_KEY,
+    PERCENTILES_FILE,
+    VARIANTS,
+    cohort_kl_percentiles,
+    load_cadd,
+)
 from ..postprocessing import ReferenceStatistics, healthy_calibrated_threshold
 from .autoencoder import reconstruction_quality
 from .data import load_split
@@ -59,12 +65,10 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     start = time.perf_counter()
     # the two stages, loaded once for every variant
     trained = load_cadd(out, "cadd", settings).to(device)
-    percentiles = {}
-    for key, variant in (("covariates", "cadd"), ("none", "cadd_nocov")):
-        model = replace(trained, variant=VARIANTS[variant])
-        percentiles[key] = cohort_kl_percentiles(model, images, ages, sexes,
-                                                 settings.percentile).contiguous()
-    save_file({k: v.cpu() for k, v in percentiles.items()}, str(out / PERCENTILES_FILE))
+    latents = [trained.encode(image) for image in images]
+    percentiles = cohort_kl_percentiles(trained, latents, ages, sexes)
+    save_file({k: v.cpu() if k == LEVELS_KEY else v.half().cpu()
+               for k, v in percentiles.items()}, str(out / PERCENTILES_FILE))
     record(f"validation KL percentiles: {time.perf_counter() - start:.1f} s")
 
     # The first stage alone: encode and decode, the floor of every variant's reconstruction.
