@@ -23,6 +23,7 @@ from . import __version__
 from .device import is_out_of_memory, select_device
 from .errors import InputError
 from .methods import LoadedMethod, load_method
+from .methods.registry import changed_options
 from .models import find_bundle, verify_bundle
 from .outputs import atomic_output_folder, check_writable
 from .postprocessing import abnormality_index, binarize, index_zscore, zscore_map
@@ -165,8 +166,7 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
                   "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()}},
         "device": {"used": device, "asked": device_preference, "platform": platform.platform()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "threshold": {"value": threshold, "rule": f"healthy-calibrated: at most "
-                      f"{method.calibration.fpr:.1%} of healthy validation brain voxels above"},
+        "threshold": _threshold_report(method, threshold, options),
         "abnormality_index": index,
         "abnormality_index_z": index_zscore(index, method.calibration.reference),
         "lesions": {"count": int(lesions),
@@ -176,6 +176,20 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
                     "summary.png"],
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def _threshold_report(method: LoadedMethod, threshold: float, options: dict) -> dict:
+    """The threshold, its rule and whether it holds: the calibration was computed at the
+    method's default options, so other options (a longer chain, another percentile) keep the
+    threshold but not its healthy false-positive guarantee."""
+    changed = changed_options(method.name, options)
+    report = {"value": threshold, "rule": f"healthy-calibrated: at most "
+              f"{method.calibration.fpr:.1%} of healthy validation brain voxels above",
+              "calibrated_at_these_options": not changed}
+    if changed:
+        report["note"] = (f"calibrated at the default options; with {changed} the healthy "
+                          "false-positive rate may differ")
     return report
 
 

@@ -45,6 +45,7 @@ def test_run_writes_results_on_the_input_geometry(tmp_path):
     assert report["covariates"] == {"age": 38.8, "sex": "M"}
     assert report["model"]["id"] == find_bundle("zscore").id
     assert report["threshold"]["rule"].startswith("healthy-calibrated")
+    assert report["threshold"]["calibrated_at_these_options"] is True
     assert {"load_models", "preprocess", "method", "to_native"} <= set(report["timings_s"])
     # A healthy training-cohort scan flags little of its brain.
     brain_ml = report["preprocessing"]["quality"]["brain_volume_ml"]
@@ -121,3 +122,11 @@ def test_unknown_method_option(tmp_path):
     malformed = neuroad("run", "x.nii.gz", "--age", "40", "--sex", "F", "--method", "zscore",
                         "--option", "t_int", "--out", str(tmp_path / "out"))
     assert malformed.returncode == EXIT_USAGE and "METHOD.NAME=VALUE" in malformed.stderr
+
+
+def test_options_other_than_the_calibrated_defaults_are_named():
+    from NeuroADLib.methods.registry import changed_options
+
+    assert changed_options("cadd", None) == {}
+    assert changed_options("cadd", {"t_int": 250, "seed": 42}) == {}
+    assert changed_options("cadd", {"t_int": 1000, "seed": 42}) == {"t_int": 1000}

@@ -42,3 +42,10 @@ METHODS = {
 
 def method_names() -> list[str]:
     return list(METHODS)
+
+
+def changed_options(name: str, options: dict | None) -> dict:
+    """The options that differ from the method's defaults (those its bundled calibration was
+    computed with)."""
+    defaults = METHODS[name].options
+    return {key: value for key, value in (options or {}).items() if defaults.get(key) != value}
