@@ -113,8 +113,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .outputs import check_writable
+    from .training.provenance import code_version
 
     check_writable(args.out)
+    # the manifest records the code that started the run, not the checkout at its end
+    os.environ["NEUROAD_CODE_VERSION"] = code_version()
     if args.method == "zscore":
         from .methods.zscore import ZScoreConfig
         from .training.zscore import train_zscore
