@@ -346,6 +346,12 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.abnormalityIndexLabel.text = _(
             "{index:.2f} (z = {z:+.2f} against healthy subjects)").format(
             index=result.abnormalityIndex, z=result.abnormalityIndexZ)
+        warnings = result.distributionWarnings
+        self.ui.distributionLabel.text = (
+            _("Unlike the healthy training scans:") + "\n" + "\n".join(
+                f"\u2022 {warning}" for warning in warnings) if warnings
+            else _("Intensities and flagged volume within the healthy training scans' range."))
+        self.ui.distributionLabel.styleSheet = "color: #d9822b" if warnings else ""
         live = result.liveThreshold
         self.ui.thresholdInfoLabel.text = _(
             "Map value {value:.3g}: {volume:.1f} mL above it").format(

@@ -57,6 +57,26 @@ EXAMPLES = {
 }
 
 
+def _whole_number(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`, else a usage error saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to "
+                                             f"{high}")
+        return value
+
+    return parse
+
+
+SEED = _whole_number(0, 2**31 - 1)  # registration seeds are unsigned 32-bit, plus retries
+COUNT = _whole_number(1, 2**31 - 1)
+
+
 def _threads(value: int | None) -> None:
     import SimpleITK as sitk
 
@@ -64,10 +84,15 @@ def _threads(value: int | None) -> None:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    from .guards import check_brain_mask, check_memory, check_scan
     from .outputs import check_writable
     from .preprocessing import preprocess, save_preprocessed
 
     check_writable(args.out)
+    header = check_scan(args.input)
+    if args.brain_mask:
+        check_brain_mask(args.brain_mask, header)
+    check_memory(header, [])
     _threads(args.threads)
     skull_stripped = True if args.skull_stripped else None
     result = preprocess(args.input, brain_mask=args.brain_mask, skull_stripped=skull_stripped,
@@ -96,11 +121,13 @@ def _prepare_cohort(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from .guards import check_scan
     from .outputs import check_writable
     from .synthesis.files import synthesize_file
     from .synthesis.lesions import SynthesisConfig
 
     check_writable(args.out)
+    check_scan(args.input)
     _threads(args.threads)
     config = SynthesisConfig(contrast=args.contrast, lesions=(args.lesions, args.lesions))
     report = synthesize_file(args.input, args.out, args.seed, config, args.library,
@@ -120,9 +147,14 @@ def _train(args: argparse.Namespace) -> int:
     os.environ["NEUROAD_CODE_VERSION"] = code_version()
     if args.method == "zscore":
         from .methods.zscore import ZScoreConfig
+        from .preprocessing.harmonisation import HarmonisationConfig
         from .training.zscore import train_zscore
 
-        folder = train_zscore(args.cohort, args.out, ZScoreConfig(age_adjusted=not args.no_age))
+        config = ZScoreConfig(age_adjusted=not args.no_age,
+                              acquisition_copies=args.acquisition_copies)
+        folder = train_zscore(args.cohort, args.out, config,
+                              harmonisation=HarmonisationConfig(
+                                  profile_sigma_mm=args.profile_sigma_mm))
         manifest = json.loads((folder / "manifest.json").read_text())
         print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, "
               "validation healthy FPR "
@@ -173,7 +205,12 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _make_benchmarks(args: argparse.Namespace) -> int:
-    from .evaluation.cases import build_real_set, build_synthetic_set, export_lesion_library
+    from .evaluation.cases import (
+        build_clinical_set,
+        build_real_set,
+        build_synthetic_set,
+        export_lesion_library,
+    )
 
     out = Path(args.out)
     _threads(args.threads)
@@ -181,17 +218,19 @@ def _make_benchmarks(args: argparse.Namespace) -> int:
     library = export_lesion_library(out / "real", out / "lesion_library")
     synthetic = build_synthetic_set(args.cohort, out / "synthetic", args.versions, library,
                                     args.seed)
-    print(f"wrote {real} and {synthetic} (lesion library: {library})")
+    clinical = build_clinical_set(args.cohort, out / "clinical", args.acquisitions)
+    print(f"wrote {real}, {synthetic} and {clinical} (lesion library: {library})")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .device import select_device
     from .evaluation.harness import evaluate
+    from .guards import check_options
     from .methods import load_method
     from .models import find_bundle, verify_bundle
 
-    options = _parse_options(args.option)
+    options = check_options(_parse_options(args.option))
     device = select_device(args.device)
     methods = {}
     for name in args.methods.split(","):
@@ -263,7 +302,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: list[str] | None) -> dict[str, dict]:
-    """--option METHOD.NAME=VALUE (numbers as numbers) -> {method: {name: value}}."""
+    """--option METHOD.NAME=VALUE (numbers as numbers) -> {method: {name: value}}; the values
+    are checked against the registry (guards.check_options) before any work."""
     options: dict[str, dict] = {}
     for item in items or []:
         key, _, value = item.partition("=")
@@ -279,7 +319,8 @@ def _parse_options(items: list[str] | None) -> dict[str, dict]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import list_bundles, store_folder, verify_bundle
+    from .models import list_bundles, store_folder
+    from .models.bundles import verify_all
     from .models.store import delete_bundle, fetch_bundle, import_bundle
 
     if args.action in ("import", "fetch", "delete", "info") and not args.target:
@@ -301,13 +342,20 @@ def _models(args: argparse.Namespace) -> int:
             raise ModelError(f"No model {args.target!r}; see `neuroad models list`.")
         print(json.dumps({**matches[0].manifest, "folder": str(matches[0].folder)}, indent=2))
         return 0
+    if args.action == "verify":
+        results = verify_all()
+        for folder, problem in results:
+            print(f"{folder}  {'verified' if not problem else 'REFUSED: ' + problem}")
+        if not results:
+            print(f"no models (store: {store_folder()})")
+        failed = sum(1 for _, problem in results if problem)
+        if failed:
+            raise ModelError(f"{failed} of {len(results)} model(s) failed verification (see "
+                             "above): reinstall or re-fetch them, or delete them.")
+        return 0
     bundles = list_bundles()
     for bundle in bundles:
-        status = ""
-        if args.action == "verify":
-            verify_bundle(bundle)
-            status = "  verified"
-        print(f"{bundle.id}  method={bundle.method}  {bundle.folder}{status}")
+        print(f"{bundle.id}  method={bundle.method}  {bundle.folder}")
     if not bundles:
         print(f"no models (store: {store_folder()})")
     return 0
@@ -351,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
     p.add_argument("--skull-stripped", action="store_true",
                    help="the input is already skull-stripped (detected automatically otherwise)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the registration sampling")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the registration sampling")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_preprocess)
 
     p = command("prepare-cohort", "Preprocess a healthy cohort (participants.csv + scans) into "
@@ -361,9 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder with participants.csv (subject,age,sex,file) and scans")
     p.add_argument("--cache", required=True, help="cache folder (created; resumed if present)")
     p.add_argument("--validation-fraction", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes")
-    p.add_argument("--limit", type=int, help="only the first N subjects (for a quick look)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the subject split")
+    p.add_argument("--workers", type=COUNT, default=1, help="parallel processes")
+    p.add_argument("--limit", type=COUNT, help="only the first N subjects (for a quick look)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_prepare_cohort)
 
@@ -371,12 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "on the model grid, or to a native scan (preprocessed first).")
     p.add_argument("input", help="a grid image or a native scan")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, required=True, help="seed: the same seed, the same lesions")
+    p.add_argument("--seed", type=SEED, required=True, help="seed: the same seed, the same lesions")
     p.add_argument("--contrast", choices=["t1", "t1c", "t2", "flair"], default="t1")
-    p.add_argument("--lesions", type=int, default=2, help="number of lesions")
+    p.add_argument("--lesions", type=COUNT, default=2, help="number of lesions")
     p.add_argument("--library", help="folder of lesion masks on the grid to draw shapes from")
     p.add_argument("--brain-mask", help="brain mask (default: non-zero voxels of a grid image)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_synth)
 
     p = command("train", "Train a method on a prepared healthy cohort and calibrate it on the "
@@ -387,9 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cohort", required=True, help="cache written by neuroad prepare-cohort")
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
+    p.add_argument("--acquisition-copies", type=int, default=2, choices=range(0, 11),
+                   metavar="N", help="zscore: acquisition-augmented copies of every training "
+                   "scan in the statistics (default 2; 0 for none)")
+    p.add_argument("--profile-sigma-mm", type=float, default=10.0,
+                   help="zscore: smoothness of the white-matter profile that harmonisation "
+                   "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
                    help="autoencoder / transformer: named network size")
-    p.add_argument("--steps", type=int, help="autoencoder / transformer: training steps "
+    p.add_argument("--steps", type=COUNT, help="autoencoder / transformer: training steps "
                                              "(defaults 4000 / 10000)")
     p.add_argument("--autoencoder", help="trained autoencoder folder")
     p.add_argument("--transformer", help="trained transformer folder")
@@ -397,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "cadd,cadd_nocov,cadd_noinpaint,ldm,ldm_tavg)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="autoencoder / transformer / cadd: where torch trains")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
 
     p = command("pack", "Pack a prepared cohort or a benchmark set (its grid volumes, 8-bit "
@@ -411,14 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_pack)
 
     p = command("make-benchmarks", "Build the benchmark sets: the real lesion cases on the "
-                                   "grid, a lesion library, and synthetic lesions on the "
-                                   "cohort's validation subjects.")
+                                   "grid, a lesion library, synthetic lesions on the cohort's "
+                                   "validation subjects, and healthy under clinical "
+                                   "acquisition (validation scans degraded by the acquisition "
+                                   "augmentation, and the clinical demo scan).")
     p.add_argument("--cohort", required=True)
     p.add_argument("--lesions", required=True, help="folder of the real lesion cases")
     p.add_argument("--out", required=True)
-    p.add_argument("--versions", type=int, default=3, help="lesioned copies per subject")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--versions", type=COUNT, default=3, help="lesioned copies per subject")
+    p.add_argument("--acquisitions", type=COUNT, default=2,
+                   help="clinical-acquisition copies per validation subject")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_make_benchmarks)
 
     p = command("evaluate", "Run methods on a benchmark manifest and summarise the metrics "
@@ -450,12 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method (repeat to compare several)")
     p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where torch methods run (auto: CUDA when present)")
     p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
                    help="a method option, e.g. cadd.t_int=1000 (see the README)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_run)
 
     p = command("batch", "Run every case of a CSV table (path, age, sex[, brain_mask, case]); a "
@@ -468,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
                    help="a method option, e.g. cadd.respacing=5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_batch)
 
     p = command("models", "List, verify, import, fetch, delete or describe model bundles.")
@@ -481,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "Run NeuroAD (zscore) on the bundled demo scan, a raw clinical T1 with a "
                         "glioma.")
     p.add_argument("--out", default="neuroad-demo", help="output folder")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_demo)
     return parser
 

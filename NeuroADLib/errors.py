@@ -35,10 +35,42 @@ class InputError(NeuroADError):
     exit_code = EXIT_BAD_INPUT
 
 
+class CorruptFileError(InputError):
+    """An input file is truncated or damaged (its header reads, its voxel data does not)."""
+
+
+class ImplausibleVolumeError(InputError):
+    """The volume's geometry (voxel size, field of view, voxel count, aspect) is not what a
+    head MRI can be: often a header in the wrong unit, or a volume too small to hold a brain."""
+
+
+class BrainMaskError(InputError):
+    """A brain mask with another geometry than the scan's, or that marks no brain-sized
+    region."""
+
+
+class DicomSeriesError(InputError):
+    """A DICOM folder that does not hold exactly one complete, consistent series."""
+
+
+class CaseTableError(InputError):
+    """A batch case table that is empty, lacks columns, or repeats or misnames a case."""
+
+
+class OptionError(UsageError):
+    """A method option that is unknown, of the wrong type, or outside its valid range."""
+
+
 class ModelError(NeuroADError):
     """A model bundle is missing, corrupt or does not match what the run needs."""
 
     exit_code = EXIT_MODEL
+
+
+class NotEnoughMemory(NeuroADError):
+    """The run would need more memory than the machine has available (refused before work)."""
+
+    exit_code = EXIT_OUT_OF_MEMORY
 
 
 class OutputError(NeuroADError):

@@ -22,6 +22,7 @@ from scipy import ndimage
 from . import __version__
 from .device import is_out_of_memory, select_device
 from .errors import InputError
+from .guards import check_run
 from .methods import LoadedMethod, load_method
 from .methods.registry import changed_options
 from .models import find_bundle, verify_bundle
@@ -67,6 +68,7 @@ def run(
     (the report says so); `options` maps a method name to options overriding its defaults
     (see methods.registry)."""
     age, sex = check_covariates(age, sex)
+    options = check_run(source, methods, brain_mask, options)  # guards before any work
     select_device(device)  # refuse an impossible device before any work
     check_writable(out)
     progress = progress or Progress()
@@ -116,16 +118,15 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     start = time.perf_counter()
     device = select_device(device_preference)
     try:
-        anomaly, healthy = method.to(device).predict(grid_image, brain, age, sex,
-                                                     progress.substep)
+        prediction = method.to(device).run(grid_image, brain, age, sex, progress.substep)
     except Exception as error:
         if not is_out_of_memory(error):
             raise
         progress.emit({"event": "log", "message": f"{method.name}: CUDA ran out of memory; "
                        "running again on the CPU (slower)."})
         device = "cpu (after CUDA out of memory)"
-        anomaly, healthy = method.to("cpu").predict(grid_image, brain, age, sex,
-                                                    progress.substep)
+        prediction = method.to("cpu").run(grid_image, brain, age, sex, progress.substep)
+    anomaly, healthy = prediction.anomaly, prediction.healthy
     timings["method"] = time.perf_counter() - start
 
     progress.step(f"{method.name}: back to the scan")
@@ -171,12 +172,49 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
         "abnormality_index_z": index_zscore(index, method.calibration.reference),
         "lesions": {"count": int(lesions),
                     "volume_ml": float(mask_array.sum() * np.prod(native.GetSpacing()) / 1000)},
+        "harmonisation": prediction.harmonisation,
+        "out_of_distribution": out_of_distribution_report(
+            prediction.harmonisation, float(segmentation.sum() / max(brain.sum(), 1)),
+            method.calibration),
         "preprocessing": case.report,
         "outputs": ["pseudo_healthy.nii.gz", "anomaly_map.nii.gz", "anomaly_mask.nii.gz",
                     "summary.png"],
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def out_of_distribution_report(harmonisation: dict, flagged_fraction: float,
+                               calibration) -> dict:
+    """The scan against the healthy cohort: each intensity statistic and the flagged share of
+    the brain with its healthy range, and a warning in words for each one outside, so that a
+    user does not read acquisition differences as disease."""
+    checks = list(harmonisation.get("checks", []))
+    if calibration.healthy_flagged_range is not None:
+        low, high = calibration.healthy_flagged_range
+        checks.append({"statistic": "flagged_fraction", "value": flagged_fraction,
+                       "healthy_range": [low, high], "inside": flagged_fraction <= high})
+    warnings = [_warning(check) for check in checks if not check["inside"]]
+    return {"checks": checks, "warnings": warnings, "in_distribution": not warnings}
+
+
+_WHAT = {"white_matter_level": "white-matter intensity before harmonisation",
+         "contrast_ratio": "grey/white-matter contrast ratio",
+         "gain_median": "intensity correction needed (median gain)",
+         "gain_spread": "spatial intensity correction needed (gain spread, 5th-95th pct)",
+         "flagged_fraction": "share of the brain above the threshold"}
+
+
+def _warning(check: dict) -> str:
+    low, high = check["healthy_range"]
+    what = _WHAT.get(check["statistic"], check["statistic"])
+    if check["statistic"] == "flagged_fraction":
+        return (f"{check['value']:.1%} of the brain is above the threshold, where healthy "
+                f"validation scans had {low:.1%}-{high:.1%}: part of it may come from the "
+                "acquisition (scanner, protocol, slice thickness) rather than disease.")
+    return (f"{what} {check['value']:.3f} is outside the healthy training scans' range "
+            f"{low:.3f}-{high:.3f}: this scan differs from the training cohort in its "
+            "acquisition; read the map with care.")
 
 
 def _threshold_report(method: LoadedMethod, threshold: float, options: dict) -> dict:

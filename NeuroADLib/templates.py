@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .grid import GridSpec
@@ -40,3 +41,20 @@ def template_t1(grid: GridSpec) -> sitk.Image:
 def template_brain_mask(grid: GridSpec) -> sitk.Image:
     """The template's brain mask (uint8) on a grid."""
     return sitk.Image(_template_on_grid(grid)[1])
+
+
+_TISSUE_FILES = {"gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                 "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+
+
+def template_tissue_priors(grid: GridSpec) -> dict[str, np.ndarray]:
+    """The template's grey- and white-matter probability maps on a grid ((z, y, x) float32
+    arrays in [0, 1]): where the intensity standard measures each tissue."""
+    reference = grid.reference_image()
+    priors = {}
+    for tissue, name in _TISSUE_FILES.items():
+        image = sitk.ReadImage(str(template_folder(grid.template) / name), sitk.sitkFloat32)
+        on_grid = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+        # stored as uint8, 255 = probability 1
+        priors[tissue] = np.clip(sitk.GetArrayFromImage(on_grid) / 255.0, 0.0, 1.0)
+    return priors

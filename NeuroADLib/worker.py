@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 from .errors import EXIT_INTERNAL, EXIT_OUT_OF_MEMORY, NeuroADError, UsageError
+from .methods.registry import METHODS
 from .progress import Progress
 
 
@@ -68,11 +69,7 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
         return cancel.is_set() or bool(stop_file and Path(stop_file).exists())
 
     try:
-        if "_invalid" in request:
-            raise UsageError(f"The request is not a JSON object: {request['_invalid']}")
-        for key in ("input", "age", "sex", "methods", "out"):
-            if key not in request:
-                raise UsageError(f"The request lacks {key!r}.")
+        check_request(request)
         progress = Progress(emit=_Events(request_id), is_cancelled=is_cancelled)
         reports = run(request["input"], request["age"], request["sex"], request["methods"],
                       request["out"], request.get("brain_mask"), request.get("seed", 0),
@@ -90,6 +87,41 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
     except Exception as error:  # noqa: BLE001 - a worker reports every failure as an event
         emit({"event": "log", "id": request_id, "message": traceback.format_exc()})
         return _error(request_id, EXIT_INTERNAL, type(error).__name__, str(error))
+
+
+def check_request(request: dict) -> None:
+    """Refuse a request whose fields are missing or of the wrong type (UsageError), before
+    any work; what the values mean (a plausible age, a readable input) is the run's to check."""
+    if "_invalid" in request:
+        raise UsageError(f"The request is not a JSON object: {request['_invalid']}")
+    for key in ("input", "age", "sex", "methods", "out"):
+        if key not in request:
+            raise UsageError(f"The request lacks {key!r}.")
+    for key in ("input", "out"):
+        if not isinstance(request[key], str) or not request[key]:
+            raise UsageError(f"The request's {key!r} must be a path, not {request[key]!r}.")
+    for key in ("brain_mask", "stop_file"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            raise UsageError(f"The request's {key!r} must be a path or null, not "
+                             f"{request[key]!r}.")
+    age = request["age"]
+    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)):
+        raise UsageError(f"The request's 'age' must be a number of years, not {age!r}.")
+    if not isinstance(request["sex"], str):
+        raise UsageError(f"The request's 'sex' must be \"F\" or \"M\", not {request['sex']!r}.")
+    methods = request["methods"]
+    if not isinstance(methods, list) or not methods or not all(
+            isinstance(m, str) for m in methods):
+        raise UsageError(f"The request's 'methods' must be a non-empty list of method names, "
+                         f"not {methods!r}.")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"Unknown method(s) {', '.join(unknown)}; methods: "
+                         f"{', '.join(METHODS)}.")
+    seed = request.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise UsageError(f"The request's 'seed' must be a whole number from 0 to {2**31 - 1}, "
+                         f"not {seed!r}.")
 
 
 def _summary(report: dict) -> dict:
@@ -111,15 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
-    if args.persistent:
-        loaded: dict = {}
-        for line in sys.stdin:
-            if line.strip():
-                cancel.clear()
-                handle(_parse(line), cancel, loaded)
-        return 0
-    text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
-    return handle(_parse(text), cancel)
+    try:
+        if args.persistent:
+            loaded: dict = {}
+            for line in sys.stdin:
+                if line.strip():
+                    cancel.clear()
+                    handle(_parse(line), cancel, loaded)
+            return 0
+        try:
+            text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            return _error(None, UsageError.exit_code, UsageError.__name__,
+                          f"Cannot read the request {args.request}: {error}")
+        return handle(_parse(text), cancel)
+    finally:
+        # Answered: a SIGTERM from now on must not turn a finished run into a killed one
+        # (Python restores the default handler while it shuts down, but keeps an ignore).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _parse(text: str) -> dict:

@@ -64,17 +64,34 @@ def test_bad_input_exit_code_and_no_outputs(tmp_path, case):
 
 
 def test_non_head_volume_is_refused(tmp_path):
-    """A small cube of noise is not a head: brain extraction cannot find a plausible brain."""
+    """A 4 cm cube of noise in a head-sized field of view is not a head: brain extraction
+    cannot find a plausible brain."""
     path = tmp_path / "cube.nii.gz"
-    array = np.zeros((40, 40, 40), np.float32)
-    array[10:30, 10:30, 10:30] = np.random.default_rng(0).random((20, 20, 20)) + 1
+    array = np.zeros((50, 50, 50), np.float32)
+    array[15:35, 15:35, 15:35] = np.random.default_rng(0).random((20, 20, 20)) + 1
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing((1.0, 1.0, 1.0))
+    image.SetSpacing((2.0, 2.0, 2.0))
     sitk.WriteImage(image, str(path))
     result = neuroad("preprocess", str(path), "--out", str(tmp_path / "out"))
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
     assert "plausible" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size, spacing, message", [
+    ((96, 96, 60), 20.0, "Is the header in cm (then 2 mm)?"),
+    ((4, 4, 4), 1.0, "4 x 4 x 4 voxels is too small to hold a brain"),
+])
+def test_preprocess_refuses_a_volume_no_head_mri_has_at_once(tmp_path, size, spacing, message):
+    path = tmp_path / "scan.nii.gz"
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random(size[::-1]).astype(np.float32))
+    image.SetSpacing((spacing,) * 3)
+    sitk.WriteImage(image, str(path))
+    before = digest(path)
+    result = neuroad("preprocess", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert message in result.stderr and "internal error" not in result.stderr
+    assert not (tmp_path / "out").exists() and digest(path) == before
 
 
 def test_unwritable_output(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import ellipsoid_brain, fabricated_cohort, healthy_volume
 
-from NeuroADLib.evaluation.harness import evaluate
+from NeuroADLib.evaluation.cases import build_clinical_set
+from NeuroADLib.evaluation.harness import case_metrics, evaluate
 from NeuroADLib.gridpack import pack_cases, write_pack
 from NeuroADLib.methods import load_method
 from NeuroADLib.synthesis import synthesize
@@ -50,6 +51,45 @@ def test_trained_model_records_its_provenance(trained):
     for name, entry in manifest["files"].items():
         assert sha256(folder / name) == entry["sha256"]
     assert "zscore.safetensors" in manifest["files"]
+    # the bundle carries the intensity standard its model was trained on, with healthy ranges
+    assert "intensity_standard.safetensors" in manifest["files"]
+    assert manifest["augmentation"]["copies_per_subject"] == 2
+    method = load_method("zscore", folder)
+    assert method.standard is not None
+    assert set(method.standard.healthy_ranges) == {"white_matter_level", "contrast_ratio",
+                                                   "gain_median", "gain_spread"}
+    low, high = method.calibration.healthy_flagged_range
+    assert 0 <= low <= high <= 1
+
+
+def test_case_metrics_count_flagged_volume_and_tissue_outside_the_lesion(trained):
+    method = load_method("zscore", trained / "zscore")
+    brain = brain_mask()
+    anomaly = np.zeros(SHAPE, np.float32)
+    lesion = np.zeros(SHAPE, bool)
+    lesion[8:12, 10:14, 8:12] = True
+    anomaly[lesion] = 100.0  # all of the lesion flagged
+    outside = np.argwhere(brain & ~lesion)[:10]
+    anomaly[tuple(outside.T)] = 100.0  # and ten healthy voxels
+    figures = case_metrics(anomaly, brain, lesion, method, voxel_ml=0.008)
+    assert figures["flagged_ml"] == pytest.approx((lesion.sum() + 10) * 0.008)
+    assert figures["flagged_outside_lesion"] == pytest.approx(10 / (brain & ~lesion).sum())
+    assert "flagged_outside_lesion" not in case_metrics(anomaly, brain, None, method)
+
+
+def test_clinical_acquisition_set_degrades_validation_scans_with_its_own_seeds(tmp_path):
+    root = fabricated_cohort(tmp_path / "cohort", SHAPE, 8)
+    manifest = build_clinical_set(root, tmp_path / "clinical", copies=2, demo=None)
+    rows = list(csv.DictReader(manifest.open()))
+    assert len(rows) == 2 * 2  # two validation subjects (every fourth), two copies each
+    assert {r["kind"] for r in rows} == {"clinical_acquisition"}
+    first = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "clinical" / rows[0]["image"])))
+    second = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "clinical" / rows[1]["image"])))
+    original = healthy(0)
+    assert not np.allclose(first, second) and not np.allclose(first, original)
+    again = build_clinical_set(root, tmp_path / "again", copies=2, demo=None)
+    repeat = sitk.GetArrayFromImage(sitk.ReadImage(str(again.parent / rows[0]["image"])))
+    np.testing.assert_array_equal(first, repeat)
 
 
 def test_harness_end_to_end_and_resumable(trained, tmp_path):

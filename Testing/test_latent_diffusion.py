@@ -100,8 +100,10 @@ def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
 
     from NeuroADLib.diffusion.inpainting import InpaintingSettings, kl_maps
     from NeuroADLib.methods.cadd import cohort_kl_percentiles, load_cadd
+    from NeuroADLib.preprocessing.harmonisation import IntensityStandard
     from NeuroADLib.training.cadd_bundle import build_cadd_bundle
     from NeuroADLib.training.data import load_split
+    from NeuroADLib.training.harmonisation import harmonised_split
 
     cohort, autoencoder = stage_one
     transformer = train_latent_diffusion(cohort, autoencoder, tmp_path / "transformer", "tiny",
@@ -112,7 +114,9 @@ def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
                                log=quiet)
     model = load_cadd(bundle, "cadd")
     assert model.cohort_percentiles["levels"].tolist() == list(range(50, 1001, 50))
-    validation = load_split(cohort, "validation")
+    # the bundle's statistics are of the validation scans harmonised to its intensity standard
+    standard = IntensityStandard.load(bundle)
+    validation = harmonised_split(load_split(cohort, "validation"), standard)
     latents = [model.encode(image) for image in validation.images]
     table = cohort_kl_percentiles(model, latents, validation.ages, validation.sexes)
     for key in ("covariates", "none"):

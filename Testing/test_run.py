@@ -83,9 +83,10 @@ def test_damaged_bundle_is_refused(tmp_path, damage):
         weights.write_bytes(bytes(data))
     else:
         weights.unlink()
-    scan = tmp_path / "scan.nii.gz"
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(10, 10, 10).astype(np.float32)),
-                    str(scan))
+    scan = tmp_path / "scan.nii.gz"  # head-sized, so that the input guards let it through
+    image = sitk.GetImageFromArray(np.random.rand(40, 40, 40).astype(np.float32))
+    image.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(image, str(scan))
     result = neuroad("run", str(scan), "--age", "40", "--sex", "F", "--method", "zscore",
                      "--out", str(tmp_path / "out"), env={"NEUROAD_MODELS": str(store)})
     assert result.returncode == EXIT_MODEL

@@ -114,3 +114,37 @@ def test_persistent_worker_serves_several_requests(tmp_path):
     assert [e["id"] for e in results] == ["r0", "r1"]
     assert (tmp_path / "out0" / "report.json").is_file()
     assert (tmp_path / "out1" / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_next_run_removes_the_staging_folder_a_killed_worker_left(tmp_path):
+    require(IXI_SCAN)
+    process = start(tmp_path, request(tmp_path))
+    for line in process.stdout:
+        if json.loads(line).get("stage") == "zscore: back to the scan":
+            break
+    process.kill()
+    process.wait(timeout=60)
+    left = list(tmp_path.glob(".out.partial-*"))
+    assert left and not (tmp_path / "out").exists()  # killed inside the staging folder
+    again = start(tmp_path, request(tmp_path))
+    assert events_of(again)[-1]["event"] == "result" and again.returncode == 0
+    assert (tmp_path / "out" / "report.json").is_file()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_a_sigterm_after_the_answer_does_not_turn_it_into_a_kill(tmp_path):
+    """Python restores SIGTERM's default action while it shuts down: a cancel that comes just
+    after a run has answered must not end the worker with -15 instead of its own code."""
+    process = start(tmp_path, request(tmp_path, input=str(tmp_path / "missing.nii.gz")))
+    assert json.loads(process.stdout.readline())["event"] == "error"  # answered
+    while process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+    assert process.returncode == EXIT_BAD_INPUT
+
+
+def test_an_unreadable_request_file_is_a_usage_error(tmp_path):
+    process = start(tmp_path, None, str(tmp_path / "missing.json"))
+    events = events_of(process)
+    assert process.returncode == EXIT_USAGE and "Cannot read the request" in events[-1]["message"]

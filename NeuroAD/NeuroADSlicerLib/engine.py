@@ -88,7 +88,8 @@ def demoCase() -> tuple[Path, float, str]:
 
 def parseOptions(text: str) -> dict[str, dict]:
     """Method options written as on the command line, `METHOD.NAME=VALUE` separated by spaces
-    or commas (numbers become numbers), checked against the registry; ValueError otherwise."""
+    or commas, checked against the registry (known, of their type, in range) and returned as
+    their types; ValueError saying what is valid otherwise."""
     methods = registry().METHODS
     options: dict[str, dict] = {}
     for item in text.replace(",", " ").split():
@@ -103,7 +104,8 @@ def parseOptions(text: str) -> dict[str, dict]:
             options.setdefault(method, {})[name] = json.loads(value)
         except json.JSONDecodeError:
             options.setdefault(method, {})[name] = value
-    return options
+    return {method: registry().validate_options(method, values)
+            for method, values in options.items()}
 
 
 def requestProblems(hasInput: bool, age: float | None, sex: str, methods: list[str],

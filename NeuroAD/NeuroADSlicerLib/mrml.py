@@ -284,6 +284,8 @@ def setProvenanceAttributes(node, report: dict) -> None:
         "thresholdRule": report["threshold"]["rule"],
         "abnormalityIndex": report["abnormality_index"],
         "abnormalityIndexZ": report["abnormality_index_z"],
+        "outOfDistribution": json.dumps(
+            report.get("out_of_distribution", {}).get("warnings", [])),
         "input.sha256": report["input"]["sha256"],
         "timings": json.dumps(report["timings_s"], sort_keys=True),
         "report": json.dumps(report, default=float),

@@ -48,6 +48,12 @@ class ResultNodes:
     def abnormalityIndexZ(self) -> float:
         return float(self.report["abnormality_index_z"])
 
+    @property
+    def distributionWarnings(self) -> list[str]:
+        """The engine's out-of-distribution warnings for this scan (numbers with their healthy
+        ranges); empty when the scan looks like the healthy training scans."""
+        return list(self.report.get("out_of_distribution", {}).get("warnings", []))
+
     def setThreshold(self, threshold: float) -> int:
         """Re-threshold the segmentation (in-process); returns the voxel count."""
         return self.liveThreshold.update(threshold)

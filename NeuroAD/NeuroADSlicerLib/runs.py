@@ -263,9 +263,19 @@ class SceneRun:
             try:
                 if self.run.state is RunState.SUCCEEDED:
                     self._load()
+                elif self.run.error is not None:
+                    self.run.error = self._byNodeName(self.run.error)
             finally:
                 self._close()
         return events
+
+    def _byNodeName(self, error: RunError) -> RunError:
+        """The error with the temporary files it names replaced by the nodes they hold."""
+        message = str(error)
+        for fileName, node in (("input.nrrd", self.inputVolume), ("mask.nrrd", self.brainMask)):
+            if node is not None:
+                message = message.replace(str(self.folder / fileName), repr(node.GetName()))
+        return RunError(message, error.code, error.kind, error.details)
 
     def cancel(self) -> None:
         self.run.cancel()
@@ -322,18 +332,27 @@ def readCases(cases: str | Path | Sequence[dict]) -> list[dict]:
         base = table.parent
     else:
         rows, base = [dict(row) for row in cases], Path.cwd()
-    names: set[str] = set()
-    for row in rows:
+    if not rows:
+        raise ValueError(f"{cases} has no cases: add one line per case (path, age, sex).")
+    given = [str(row.get("case") or "").strip() for row in rows]
+    repeated = sorted({name for name in given if name and given.count(name) > 1})
+    if repeated:
+        raise ValueError(f"Case name(s) {', '.join(repeated)} appear more than once; case "
+                         "names must be unique (each names its output folder).")
+    names = {name for name in given if name}
+    for row, name in zip(rows, given, strict=True):
         missing = {"path", "age", "sex"} - set(row)
         if missing:
             raise ValueError(f"A case lacks {', '.join(sorted(missing))}: {row}")
-        row["path"] = str(base / row["path"])
+        path = str(row["path"] or "").strip()  # a short CSV row has None: the worker says so
+        row["path"] = str(base / path) if path else ""
         row["age"] = _age(row["age"], row["path"])
-        row["sex"] = str(row["sex"]).strip().upper()
-        name = row.get("case") or Path(row["path"]).name.split(".")[0]
-        while name in names:
-            name += "_"
-        names.add(name)
+        row["sex"] = str(row["sex"] or "").strip().upper()
+        if not name:
+            name = Path(path).name.split(".")[0] or "case"
+            while name in names:
+                name += "_"
+            names.add(name)
         row["case"] = name
     return rows
 

@@ -1,9 +1,13 @@
 """Benchmark sets: real lesion cases and synthetic lesions on healthy validation scans, each
 case a folder on the model grid (image, brain mask, lesion mask) listed in a manifest.
 
-Manifest columns: case, contrast, kind (healthy | synthetic | real), image, brain_mask,
-lesion_mask (empty for healthy), subject, age, sex, reference (expert | algorithmic |
-synthetic | none), source.
+Manifest columns: case, contrast, kind (healthy | synthetic | real | clinical_acquisition |
+clinical_demo), image, brain_mask, lesion_mask (empty for healthy), subject, age, sex,
+reference (expert | algorithmic | synthetic | none), source.
+
+The "healthy under clinical acquisition" set holds the healthy validation scans degraded by
+the acquisition augmentation under seeds no trainer uses, and the bundled clinical demo scan
+(healthy tissue outside a glioma, no mask): what a scan from another scanner looks like.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from ..grid import GridSpec
 from ..preprocessing import native_to_grid, preprocess
 from ..preprocessing.pipeline import preprocess_like
 from ..synthesis import SynthesisConfig, load_library, synthesize
+from ..synthesis.acquisition import AcquisitionConfig, augment_acquisition
 from ..volumes import read_volume, write_volume
 
 MANIFEST = "cases.csv"
+# Benchmark copies are drawn from seeds far from the trainers' (0 + subject x copies + copy).
+CLINICAL_SEED = 1_000_003
+DEMO_SCAN = Path(__file__).resolve().parent.parent / "data" / "demo" / "tcga_fg_6692_t1.nii.gz"
 FIELDS = ["case", "contrast", "kind", "image", "brain_mask", "lesion_mask", "subject", "age",
           "sex", "reference", "source"]
 
@@ -137,6 +145,51 @@ def build_synthetic_set(
                          "brain_mask": f"{subject['subject']}/brain_mask.nii.gz",
                          "lesion_mask": f"{subject['subject']}/{stem}_lesion.nii.gz",
                          "reference": "synthetic"})
+    return _write_manifest(rows, out)
+
+
+def build_clinical_set(
+    cohort_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    copies: int = 2,
+    seed: int = CLINICAL_SEED,
+    config: AcquisitionConfig | None = None,
+    demo: str | os.PathLike | None = DEMO_SCAN,
+) -> Path:
+    """Every healthy validation scan under `copies` random clinical acquisitions, plus the
+    clinical demo scan preprocessed onto the grid (skipped when `demo` is None)."""
+    cohort_dir, out = Path(cohort_dir), Path(out)
+    rows = []
+    subjects = [r for r in read_manifest(cohort_dir) if r["split"] == "validation"]
+    for number, subject in enumerate(subjects):
+        image = sitk.ReadImage(str(cohort_dir / subject["image"]), sitk.sitkFloat32)
+        brain = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort_dir / subject["brain_mask"])))
+        case_dir = out / subject["subject"]
+        case_dir.mkdir(parents=True, exist_ok=True)
+        _write(brain, image, case_dir / "brain_mask.nii.gz")
+        for copy in range(copies):
+            degraded, drawn = augment_acquisition(sitk.GetArrayFromImage(image), brain > 0,
+                                                  seed + number * copies + copy, config)
+            stem = f"acquisition_{copy}"
+            _write(degraded, image, case_dir / f"{stem}.nii.gz")
+            rows.append({"case": f"{subject['subject']}_{stem}", "contrast": "t1",
+                         "kind": "clinical_acquisition",
+                         "image": f"{subject['subject']}/{stem}.nii.gz",
+                         "brain_mask": f"{subject['subject']}/brain_mask.nii.gz",
+                         "lesion_mask": "", "subject": subject["subject"],
+                         "age": subject["age"], "sex": subject["sex"], "reference": "none",
+                         "source": f"{cohort_dir / subject['image']} {drawn}"})
+    if demo is not None:
+        case = preprocess(demo)
+        case_dir = out / "clinical_demo"
+        case_dir.mkdir(parents=True, exist_ok=True)
+        write_volume(case.image, case_dir / "t1.nii.gz")
+        write_volume(case.brain_mask, case_dir / "brain_mask.nii.gz")
+        rows.append({"case": "clinical_demo", "contrast": "t1", "kind": "clinical_demo",
+                     "image": "clinical_demo/t1.nii.gz",
+                     "brain_mask": "clinical_demo/brain_mask.nii.gz", "lesion_mask": "",
+                     "subject": "tcga_fg_6692", "age": "", "sex": "", "reference": "none",
+                     "source": str(demo)})
     return _write_manifest(rows, out)
 
 

@@ -35,7 +35,7 @@ from . import metrics
 AGE_SHIFT_PIVOT = 50.0
 
 METRICS = ["auroc", "ap", "max_dice_oracle", "dice", "precision", "recall", "detection_rate",
-           "flagged_fraction", "abnormality_index"]
+           "flagged_fraction", "flagged_ml", "flagged_outside_lesion", "abnormality_index"]
 
 
 class CaseVolumes:
@@ -61,15 +61,19 @@ class CaseVolumes:
 
 
 def case_metrics(anomaly: np.ndarray, brain: np.ndarray, lesion: np.ndarray | None,
-                 method: LoadedMethod) -> dict:
-    """Every per-case figure of one anomaly map."""
+                 method: LoadedMethod, voxel_ml: float = 0.008) -> dict:
+    """Every per-case figure of one anomaly map (`voxel_ml`: the grid's voxel volume)."""
     threshold = method.calibration.threshold
     segmentation = binarize(anomaly, threshold, brain)
     z = zscore_map(anomaly, method.calibration.reference)
     result = {"flagged_fraction": float(segmentation.sum() / brain.sum()),
+              "flagged_ml": float(segmentation.sum() * voxel_ml),
               "abnormality_index": abnormality_index(
                   z, brain, method.calibration.reference.top_fraction)}
     if lesion is not None and lesion[brain].any():
+        # What a reader would have to dismiss: flagged healthy tissue around the lesion.
+        outside = brain & ~lesion
+        result["flagged_outside_lesion"] = float(segmentation[outside].sum() / outside.sum())
         at = metrics.confusion_at_threshold(anomaly, lesion, threshold, brain)
         result.update({
             "auroc": metrics.voxel_auroc(anomaly, lesion, brain),
@@ -150,7 +154,8 @@ def summarise(rows: list[dict], methods: dict[str, LoadedMethod]) -> dict:
 
 
 def markdown_table(summary: dict) -> str:
-    shown = ["auroc", "ap", "max_dice_oracle", "dice", "flagged_fraction"]
+    shown = ["auroc", "ap", "max_dice_oracle", "dice", "flagged_fraction", "flagged_ml",
+             "flagged_outside_lesion"]
     lines = ["| method | cases | n | " + " | ".join(shown) + " |",
              "|---|---|---|" + "---|" * len(shown)]
     for name, entry in summary.items():
@@ -170,7 +175,10 @@ def markdown_table(summary: dict) -> str:
                          f"({entry['threshold_rule']}).\n")
     lines.append("\nmax_dice_oracle picks the best threshold per case with the lesion labels: "
                  "an upper bound for evaluation only. dice uses the label-free threshold. "
-                 "flagged_fraction on healthy cases is the healthy false-positive rate.")
+                 "flagged_fraction on healthy cases is the healthy false-positive rate; on "
+                 "clinical_acquisition cases, the healthy false-positive rate under other "
+                 "acquisitions; flagged_outside_lesion, the share of the healthy tissue of a "
+                 "lesion case that is flagged.")
     return "\n".join(lines) + "\n"
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ModelError, UsageError
-from ..postprocessing import ReferenceStatistics
+from ..postprocessing import ReferenceStatistics, healthy_calibrated_threshold
+from ..preprocessing.harmonisation import IntensityStandard, out_of_distribution
 from .registry import METHODS
 
 CALIBRATION = "calibration"
@@ -29,6 +30,20 @@ class Calibration:
     threshold: float
     fpr: float
     reference: ReferenceStatistics
+    # [min, max] share of a healthy validation brain above the threshold (None: not recorded)
+    healthy_flagged_range: list[float] | None = None
+
+    @classmethod
+    def from_healthy_maps(cls, maps: list[np.ndarray], masks: list[np.ndarray],
+                          fpr: float = HEALTHY_FPR, top_fraction: float = INDEX_TOP_FRACTION
+                          ) -> Calibration:
+        """The one calibration of every method, from its maps of healthy validation scans."""
+        threshold = healthy_calibrated_threshold(maps, masks, fpr)
+        flagged = [float((m[mask > 0] > threshold).mean()) for m, mask in zip(maps, masks,
+                                                                               strict=True)]
+        return cls(threshold, fpr, ReferenceStatistics.from_healthy_maps(maps, masks,
+                                                                         top_fraction),
+                   [min(flagged), max(flagged)])
 
     def save(self, folder: Path, name: str = CALIBRATION) -> None:
         """`name`.json and `name`.safetensors. The voxel statistics are stored in half
@@ -44,6 +59,7 @@ class Calibration:
             "threshold": self.threshold, "fpr": self.fpr,
             "index_mean": self.reference.index_mean, "index_std": self.reference.index_std,
             "top_fraction": self.reference.top_fraction,
+            "healthy_flagged_range": self.healthy_flagged_range,
             "shape": list(self.reference.std.shape)}, indent=2))
 
     @classmethod
@@ -62,24 +78,51 @@ class Calibration:
         mean[covered], std[covered] = arrays["mean"], arrays["std"]
         reference = ReferenceStatistics(mean, std, meta["index_mean"], meta["index_std"],
                                         meta["top_fraction"])
-        return cls(meta["threshold"], meta["fpr"], reference)
+        return cls(meta["threshold"], meta["fpr"], reference, meta.get("healthy_flagged_range"))
+
+
+@dataclass
+class Prediction:
+    """A method's output on the grid: the anomaly map, the pseudo-healthy image on the input's
+    own intensity scale (harmonisation undone), and what the harmonisation did and measured
+    (with the out-of-distribution checks of the scan's intensities)."""
+
+    anomaly: np.ndarray
+    healthy: np.ndarray
+    harmonisation: dict
 
 
 @dataclass
 class LoadedMethod:
-    """A method ready to run: `anomaly_map(image, brain, age, sex)` and
-    `pseudo_healthy(image, brain, age, sex)` on grid arrays, plus its calibration."""
+    """A method ready to run on grid arrays: its model, its calibration and the intensity
+    standard its model was trained on (None for a model trained without one)."""
 
     name: str
     contrast: str
     model: object
     calibration: Calibration
+    standard: IntensityStandard | None = None
+
+    def run(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
+            sex: str | None = None, on_step=None) -> Prediction:
+        """Harmonise the scan to the model's intensity standard, then the model. `on_step(done,
+        total)` hears of the method's inner steps (diffusion sampling) and may raise to stop."""
+        if self.standard is None:
+            anomaly, healthy = self.model.predict(image, brain, age, sex, on_step)
+            return Prediction(anomaly, healthy, {"applied": False})
+        harmonised, gain = self.standard.harmonise(image, brain)
+        anomaly, healthy = self.model.predict(harmonised, brain, age, sex, on_step)
+        statistics = self.standard.statistics(image, harmonised, brain, gain)
+        return Prediction(anomaly, (healthy / gain * brain).astype(np.float32), {
+            "applied": True, "method": "intensity profile matching to the training cohort",
+            "config": asdict(self.standard.config), "statistics": statistics,
+            "checks": out_of_distribution(statistics, self.standard.healthy_ranges)})
 
     def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
                 sex: str | None = None, on_step=None) -> tuple[np.ndarray, np.ndarray]:
-        """(anomaly map, pseudo-healthy image) on the grid, computed once; `on_step(done,
-        total)` hears of the method's inner steps (diffusion sampling) and may raise to stop."""
-        return self.model.predict(image, brain, age, sex, on_step)
+        """(anomaly map, pseudo-healthy image) on the grid, computed once."""
+        prediction = self.run(image, brain, age, sex, on_step)
+        return prediction.anomaly, prediction.healthy
 
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
                     sex: str | None = None) -> np.ndarray:
@@ -108,7 +151,7 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
         from .zscore import VoxelNormativeModel
 
         return LoadedMethod(name, info.contrast, VoxelNormativeModel.load(folder),
-                            Calibration.load(folder))
+                            Calibration.load(folder), IntensityStandard.load(folder))
     from ..diffusion.inpainting import InpaintingSettings
     from .cadd import load_cadd
 
@@ -116,4 +159,5 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
     if options:
         model.settings = InpaintingSettings(**{**vars(model.settings), **options})
     return LoadedMethod(name, info.contrast, model,
-                        Calibration.load(folder, f"calibration_{name}"))
+                        Calibration.load(folder, f"calibration_{name}"),
+                        IntensityStandard.load(folder))

@@ -1,5 +1,9 @@
 """The one list of methods (torch-free, so the GUI and the command line start fast): what each
-method is, the contrast and covariates it uses, and the options it takes with their defaults.
+method is, the contrast and covariates it uses, the options it takes with their defaults, and
+each option's type and valid range (`validate_options`).
+
+Nothing here imports the rest of the package (the Slicer module loads this file alone), so an
+invalid option is a ValueError; the engine's entry points turn it into an OptionError.
 """
 
 from __future__ import annotations
@@ -9,6 +13,57 @@ from dataclasses import dataclass, field
 # CADD's inference knobs and the paper's defaults (InpaintingSettings mirrors them; a test
 # keeps the two equal).
 CADD_OPTIONS = {"t_int": 250, "level_step": 50, "percentile": 95.0, "respacing": 1, "seed": 42}
+# CADD's diffusion chain has this many noise levels (GaussianDiffusion.num_timesteps).
+CADD_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """An option's type (int or float) and valid range: `low` to `high` inclusive, or exclusive
+    when `open_range`."""
+
+    kind: type
+    low: float
+    high: float
+    open_range: bool = False
+
+    def describe(self) -> str:
+        kind = "an integer" if self.kind is int else "a number"
+        low, high = (str(int(bound)) if self.kind is int else f"{bound:g}"
+                     for bound in (self.low, self.high))
+        if self.open_range:
+            return f"{kind} between {low} and {high} (both excluded)"
+        return f"{kind} from {low} to {high}"
+
+    def check(self, key: str, value: object) -> int | float:
+        """The value as the option's type; ValueError naming the valid range otherwise."""
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValueError(f"Option {key}={value!r} is not a number: it must be "
+                             f"{self.describe()}.")
+        if self.kind is int and not float(number).is_integer():
+            raise ValueError(f"Option {key}={value!r} is not an integer: it must be "
+                             f"{self.describe()}.")
+        inside = (self.low < number < self.high if self.open_range
+                  else self.low <= number <= self.high)
+        if not inside:
+            raise ValueError(f"Option {key}={value!r} is out of range: it must be "
+                             f"{self.describe()}.")
+        return self.kind(number)
+
+
+CADD_OPTION_SPECS = {
+    "t_int": OptionSpec(int, 1, CADD_TIMESTEPS),
+    "level_step": OptionSpec(int, 1, CADD_TIMESTEPS),
+    "percentile": OptionSpec(float, 0, 100, open_range=True),
+    "respacing": OptionSpec(int, 1, CADD_TIMESTEPS),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
 
 
 @dataclass(frozen=True)
@@ -19,6 +74,7 @@ class MethodInfo:
     contrast: str = "t1"
     covariates: tuple[str, ...] = ()
     options: dict = field(default_factory=dict)
+    option_specs: dict = field(default_factory=dict)
 
 
 METHODS = {
@@ -27,16 +83,19 @@ METHODS = {
                          covariates=("age",)),
     "cadd": MethodInfo("cadd", "CADD: conditional latent diffusion with KL-guided inpainting "
                        "(Algorithm 1), normative for age and sex.", "cadd",
-                       covariates=("age", "sex"), options=CADD_OPTIONS),
+                       covariates=("age", "sex"), options=CADD_OPTIONS,
+                       option_specs=CADD_OPTION_SPECS),
     "cadd_nocov": MethodInfo("cadd_nocov", "CADD without covariates (ablation).", "cadd",
-                             options=CADD_OPTIONS),
+                             options=CADD_OPTIONS, option_specs=CADD_OPTION_SPECS),
     "cadd_noinpaint": MethodInfo("cadd_noinpaint", "CADD without inpainting: average of "
                                  "reconstructions over noise levels (ablation).", "cadd",
-                                 covariates=("age", "sex"), options=CADD_OPTIONS),
+                                 covariates=("age", "sex"), options=CADD_OPTIONS,
+                                 option_specs=CADD_OPTION_SPECS),
     "ldm": MethodInfo("ldm", "Latent diffusion reconstruction from T_int (baseline).", "cadd",
-                      options=CADD_OPTIONS),
+                      options=CADD_OPTIONS, option_specs=CADD_OPTION_SPECS),
     "ldm_tavg": MethodInfo("ldm_tavg", "Latent diffusion averaged over noise levels "
-                           "(baseline).", "cadd", options=CADD_OPTIONS),
+                           "(baseline).", "cadd", options=CADD_OPTIONS,
+                           option_specs=CADD_OPTION_SPECS),
 }
 
 
@@ -49,3 +108,33 @@ def changed_options(name: str, options: dict | None) -> dict:
     computed with)."""
     defaults = METHODS[name].options
     return {key: value for key, value in (options or {}).items() if defaults.get(key) != value}
+
+
+def validate_options(name: str, options: dict | None) -> dict:
+    """A method's options checked against their specs (known name, type, range, and the rules
+    between options), returned as their types; ValueError saying what is valid otherwise."""
+    if name not in METHODS:
+        raise ValueError(f"Options for {name!r}, which is not a method; methods: "
+                         f"{', '.join(METHODS)}.")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"The options of {name} must be a mapping of option names to values, "
+                         f"not {options!r}.")
+    specs = METHODS[name].option_specs
+    checked = {}
+    for key, value in options.items():
+        if key not in specs:
+            known = ", ".join(f"{name}.{option}" for option in specs) or "none"
+            raise ValueError(f"{name} has no option {key}; its options: {known}.")
+        checked[key] = specs[key].check(f"{name}.{key}", value)
+    if METHODS[name].family == "cadd":
+        merged = {**METHODS[name].options, **checked}
+        if merged["level_step"] > merged["t_int"]:
+            raise ValueError(f"{name}.level_step={merged['level_step']} is above "
+                             f"{name}.t_int={merged['t_int']}: level_step must be at most t_int.")
+        if merged["level_step"] % merged["respacing"]:
+            raise ValueError(f"{name}.respacing={merged['respacing']} does not divide "
+                             f"{name}.level_step={merged['level_step']}: choose a divisor "
+                             "(e.g. 1, 5, 10 or 25 for level_step 50).")
+    return checked

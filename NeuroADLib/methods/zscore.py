@@ -32,6 +32,9 @@ class ZScoreConfig:
     standardise_intensities: bool = True
     smoothing_sigma_voxels: float = 1.0
     min_coverage: float = 0.9  # a voxel is modelled if inside this fraction of training brains
+    # Acquisition-augmented copies of every training scan added to the statistics, so that the
+    # per-voxel spread covers other scanners and protocols, not only the training scanner's.
+    acquisition_copies: int = 2
 
 
 @dataclass
@@ -60,18 +63,23 @@ class VoxelNormativeModel:
         if config.standardise_intensities:
             images = [standardise(image, mask, reference) for image, mask in
                       zip(images, masks, strict=True)]
-        x = np.stack([_smooth(image, config) for image in images]).astype(np.float64)
         support = np.mean(np.stack(masks).astype(bool), axis=0) >= config.min_coverage
-        mean = x.mean(axis=0)
-        slope = np.zeros_like(mean)
         mean_age = float(np.mean(ages)) if ages is not None else 0.0
-        dof = len(images) - 1
-        if config.age_adjusted:
-            centred_age = np.asarray(ages, dtype=np.float64) - mean_age
-            slope = np.tensordot(centred_age, x - mean, axes=1) / np.sum(centred_age**2)
-            x = x - slope * centred_age[:, None, None, None]
-            dof -= 1
-        std = np.maximum(np.sqrt(np.sum((x - mean) ** 2, axis=0) / dof), MIN_STD)
+        centred = (np.asarray(ages, np.float64) - mean_age if config.age_adjusted
+                   else np.zeros(len(images)))
+        # Running sums (one scan in memory at a time): sum x, sum c x and sum x^2, c the centred
+        # age; then mean = sum x / n, slope = sum c x / sum c^2, and the residual sum of
+        # squares is sum x^2 - n mean^2 - slope^2 sum c^2.
+        total = weighted = squares = 0.0
+        for image, age in zip(images, centred, strict=True):
+            x = _smooth(image, config).astype(np.float64)
+            total, weighted, squares = total + x, weighted + age * x, squares + x * x
+        count = len(images)
+        mean = total / count
+        slope = weighted / np.sum(centred**2) if config.age_adjusted else np.zeros_like(mean)
+        dof = count - 2 if config.age_adjusted else count - 1
+        residual = squares - count * mean**2 - slope**2 * np.sum(centred**2)
+        std = np.maximum(np.sqrt(np.maximum(residual, 0.0) / dof), MIN_STD)
         std[~support] = np.inf  # no model outside the support: its |z| is 0 there
         return cls(_half(mean), _half(std), _half(slope), mean_age, support, config, reference)
 

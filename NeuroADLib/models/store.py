@@ -10,16 +10,19 @@ caller gives before anything is unpacked.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
 
-from ..errors import ModelError
+from ..errors import ModelError, UsageError
 from ..training.provenance import sha256 as file_sha256
-from .bundles import Bundle, _read, store_folder, verify_bundle
+from .bundles import Bundle, _read, check_bundle_id, store_folder, verify_bundle
 
 CHUNK = 1 << 20
 
@@ -32,7 +35,7 @@ def import_bundle(source: str | os.PathLike) -> Bundle:
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=store))
     try:
         if source.is_dir():
-            shutil.copytree(source, staging, dirs_exist_ok=True)
+            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
         elif zipfile.is_zipfile(source):
             _unzip(source, staging)
         else:
@@ -53,6 +56,11 @@ def import_bundle(source: str | os.PathLike) -> Bundle:
 
 def fetch_bundle(url: str, sha256: str, timeout: float = 60.0) -> Bundle:
     """Download a zipped bundle (resuming a partial download), check its sha256, import it."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise UsageError(f"--sha256 {sha256!r} is not a sha256 (64 hexadecimal digits).")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise UsageError(f"{url!r} is not an http(s) URL; for a local file use "
+                         "`neuroad models import FILE`.")
     store = store_folder()
     partial_dir = store / ".downloads"
     partial_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +90,7 @@ def fetch_bundle(url: str, sha256: str, timeout: float = 60.0) -> Bundle:
 
 
 def delete_bundle(bundle_id: str) -> Path:
-    target = store_folder() / bundle_id
+    target = store_folder() / check_bundle_id(bundle_id)
     if not (target / "manifest.json").is_file():
         raise ModelError(f"No model {bundle_id!r} in the store {store_folder()}.")
     shutil.rmtree(target)
@@ -90,11 +98,20 @@ def delete_bundle(bundle_id: str) -> Path:
 
 
 def _unzip(archive: Path, into: Path) -> None:
-    with zipfile.ZipFile(archive) as handle:
-        for member in handle.namelist():
-            if Path(member).is_absolute() or ".." in Path(member).parts:
-                raise ModelError(f"{archive} has an unsafe path {member!r}: refused.")
-        handle.extractall(into)
+    """Extract a zip, refusing it whole when any member could land outside `into` (an
+    absolute path, a drive, '..', a symbolic link) or when the archive is damaged."""
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            for member in handle.infolist():
+                parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+                is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+                if (not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]
+                        or is_link):
+                    raise ModelError(f"{archive} has an unsafe path {member.filename!r} (it "
+                                     "would land outside the bundle's folder): refused.")
+            handle.extractall(into)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise ModelError(f"{archive} is a damaged zip ({error}); download it again.") from None
 
 
 def _bundle_root(folder: Path) -> Path:

@@ -28,7 +28,8 @@ from ..networks.autoencoder import (
     decode_volume,
     encode_volume,
 )
-from .data import load_split
+from .data import CohortSplit, load_split
+from .harmonisation import augmented_split
 from .provenance import CHECKPOINT, half_precision, write_manifest
 
 
@@ -44,6 +45,9 @@ class AutoencoderTraining:
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
+    # Acquisition-augmented copies of every training scan added to the patch pool (0 for the
+    # bundled first stage, which predates the augmentation).
+    acquisition_copies: int = 0
 
 
 def random_patch(images: list[np.ndarray], masks: list[np.ndarray], size: int,
@@ -98,6 +102,10 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     checkpoint = out / CHECKPOINT
     checkpoint.mkdir(parents=True, exist_ok=True)
     train = load_split(cohort, "train")
+    if training.acquisition_copies:
+        augmented = augmented_split(train, training.acquisition_copies, training.seed)
+        train = CohortSplit(train.images + augmented.images, train.masks + augmented.masks,
+                            train.rows + augmented.rows)
     images, masks = train.images, train.masks
     torch.manual_seed(training.seed)
     autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[config_name]).to(device)

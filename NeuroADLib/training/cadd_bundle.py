@@ -23,9 +23,9 @@ from ..methods.cadd import (
     cohort_kl_percentiles,
     load_cadd,
 )
-from ..postprocessing import ReferenceStatistics, healthy_calibrated_threshold
 from .autoencoder import reconstruction_quality
 from .data import load_split
+from .harmonisation import cohort_grid, fit_cohort_standard, harmonised_split
 from .provenance import CHECKPOINT, write_manifest
 
 
@@ -58,7 +58,13 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(source, target, ignore=shutil.ignore_patterns(CHECKPOINT))
-    validation = load_split(cohort, "validation")
+    # The shared path: validation scans harmonised to the training cohort's intensity standard,
+    # which the bundle carries (as every method's input will be).
+    train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
+    standard = fit_cohort_standard(train, [train, validation], cohort_grid(cohort))
+    del train
+    standard.save(out)
+    validation = harmonised_split(validation, standard)
     images, masks, subjects = validation.images, validation.masks, validation.subjects
     ages, sexes = validation.ages, validation.sexes
 
@@ -81,9 +87,8 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
                    for image, mask, age, sex in zip(images, masks, ages, sexes, strict=True)]
         maps = [np.abs(image - h) * mask for image, h, mask in zip(images, healthy, masks,
                                                                      strict=True)]
-        Calibration(healthy_calibrated_threshold(maps, masks, HEALTHY_FPR), HEALTHY_FPR,
-                    ReferenceStatistics.from_healthy_maps(maps, masks, INDEX_TOP_FRACTION)
-                    ).save(out, f"calibration_{variant}")
+        Calibration.from_healthy_maps(maps, masks, HEALTHY_FPR, INDEX_TOP_FRACTION).save(
+            out, f"calibration_{variant}")
         quality = [mae_psnr_ssim(h, image, mask) for h, image, mask in zip(healthy, images,
                                                                            masks, strict=True)]
         metrics[variant] = {key: float(np.mean([q[key] for q in quality]))
@@ -94,6 +99,8 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     write_manifest(out, id="cadd-ixi-2mm", method="cadd", variants=variants, version="1",
                    contrast="t1", covariates=["age", "sex"], inference=asdict(settings),
                    device=device,
+                   intensity_standard={"file": "intensity_standard.json",
+                                       "config": asdict(standard.config)},
                    training_data={"cohort": cohort.name, "validation": subjects},
                    metrics={"validation_reconstruction": metrics},
                    licence="CC BY-SA 3.0, as the IXI data it is derived from")
