@@ -6,13 +6,14 @@
 # OLD holds one folder per method (zscore, cadd) with the earlier bundles (e.g. from git:
 # `git archive ca89ff4 NeuroADLib/models/bundled | tar -x`). BENCH is `neuroad make-benchmarks`
 # output (real, synthetic, clinical). CADD runs on the first CADD_CASES clinical-acquisition
-# cases, the demo and the real cases (about 20 s a scan); zscore on everything.
+# cases, the demo and the real cases (about 20 s a scan); zscore on everything. CADD_NEW (default:
+# the bundled CADD) is the CADD bundle of the "after" side.
 set -euo pipefail
 : "${CACHE:?}" "${BENCH:?}" "${OLD:?}" "${RESULTS:?}"
 CADD_CASES=${CADD_CASES:-10}
 new="$RESULTS/new-models" && mkdir -p "$new"
 ln -sfn "$(realpath NeuroADLib/models/bundled/zscore-ixi-2mm)" "$new/zscore"
-ln -sfn "$(realpath NeuroADLib/models/bundled/cadd-ixi-2mm)" "$new/cadd"
+ln -sfn "$(realpath "${CADD_NEW:-NeuroADLib/models/bundled/cadd-ixi-2mm}")" "$new/cadd"
 
 # the CADD subset: the first clinical-acquisition cases and the demo
 subset="$BENCH/clinical/cases_cadd.csv"
@@ -35,5 +36,5 @@ for side in old new; do
 done
 python benchmarks/scanner_shift.py --cohort "$CACHE" --real "$BENCH/real" \
     --demo "$BENCH/clinical/clinical_demo" --model "before=$OLD/zscore" \
-    --model "after=$new/zscore" --json "$RESULTS/scanner_shift.json" \
+    --model "after=$new/zscore" --subjects 10 --json "$RESULTS/scanner_shift.json" \
     > "$RESULTS/scanner_shift.md"

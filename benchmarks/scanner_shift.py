@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, help="LABEL=BUNDLE_FOLDER")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--subjects", type=int, default=25,
+                        help="validation subjects for the factor table (all for the first)")
     args = parser.parse_args()
     models = {label: load_method("zscore", folder) for label, folder in
               (item.split("=", 1) for item in args.model)}
@@ -113,7 +115,7 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + " | "
               + " | ".join(f"{100 * shares[m]:.1f}%" for m in labels) + " |")
 
-    print("\n| factor applied to the IXI validation scans | "
+    print(f"\n| factor applied to {min(args.subjects, len(validation))} IXI validation scans | "
           + " | ".join(f"flagged ({m})" for m in labels) + " |")
     print("|---|" + "---|" * len(labels))
     factors = dict(FACTORS)
@@ -121,7 +123,7 @@ def main() -> None:
     factors["registration 2 mm off"] = "shift"
     for name, factor in factors.items():
         shares = {m: [] for m in labels}
-        for k, (image, brain, age) in enumerate(validation):
+        for k, (image, brain, age) in enumerate(validation[:args.subjects]):
             if factor == "dilate":  # the added rim at a CSF-like 0.3 of the scale
                 brain_used = ndimage.binary_dilation(brain)
                 degraded = np.where(brain_used & ~brain, 0.3, image).astype(np.float32)
