@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="N", help="zscore: acquisition-augmented copies of every training "
                    "scan in the statistics (default 2; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
-                   help="zscore: smoothness of the white-matter profile that harmonisation "
+                   help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
                    help="autoencoder / transformer: named network size")

@@ -25,7 +25,7 @@ from ..methods.cadd import (
 )
 from .autoencoder import reconstruction_quality
 from .data import load_split
-from .harmonisation import cohort_grid, fit_cohort_standard, harmonised_split
+from .harmonisation import cohort_grid, fit_cohort_standard
 from .provenance import CHECKPOINT, write_manifest
 
 
@@ -61,10 +61,10 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     # The shared path: validation scans harmonised to the training cohort's intensity standard,
     # which the bundle carries (as every method's input will be).
     train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
-    standard = fit_cohort_standard(train, [train, validation], cohort_grid(cohort))
+    standard, (_, validation) = fit_cohort_standard(train, [train, validation],
+                                                    cohort_grid(cohort))
     del train
     standard.save(out)
-    validation = harmonised_split(validation, standard)
     images, masks, subjects = validation.images, validation.masks, validation.subjects
     ages, sexes = validation.ages, validation.sexes
 

@@ -14,11 +14,13 @@ from .data import CohortSplit
 
 
 def fit_cohort_standard(train: CohortSplit, healthy: list[CohortSplit], grid: GridSpec | None,
-                        config: HarmonisationConfig | None = None) -> IntensityStandard:
-    """The mean white-matter profile of the training scans, with the healthy range of every
-    out-of-distribution statistic over all `healthy` splits (training and validation). The
-    tissue cores come from the grid's template; with `grid` None (a cohort that does not say
-    its grid), from the training scans themselves."""
+                        config: HarmonisationConfig | None = None
+                        ) -> tuple[IntensityStandard, list[CohortSplit]]:
+    """The intensity standard of the training scans, with the healthy range of every
+    out-of-distribution statistic over all `healthy` splits (training and validation), and
+    those splits harmonised to it (each scan harmonised once). The tissue cores come from the
+    grid's template; with `grid` None (a cohort that does not say its grid), from the training
+    scans themselves."""
     priors = None
     if grid is not None:
         from ..templates import template_tissue_priors
@@ -26,12 +28,15 @@ def fit_cohort_standard(train: CohortSplit, healthy: list[CohortSplit], grid: Gr
         priors = template_tissue_priors(grid)
     spacing = float(grid.spacing[0]) if grid is not None else 2.0
     standard = IntensityStandard.fit(train.images, train.masks, spacing, priors, config)
-    statistics = []
+    statistics, harmonised_splits = [], []
     for split in healthy:
+        images = []
         for image, mask in zip(split.images, split.masks, strict=True):
             harmonised, gain = standard.harmonise(image, mask)
             statistics.append(standard.statistics(image, harmonised, mask, gain))
-    return standard.with_healthy_ranges(healthy_ranges(statistics))
+            images.append(harmonised)
+        harmonised_splits.append(CohortSplit(images, split.masks, split.rows))
+    return standard.with_healthy_ranges(healthy_ranges(statistics)), harmonised_splits
 
 
 def cohort_grid(cohort: str | os.PathLike) -> GridSpec | None:

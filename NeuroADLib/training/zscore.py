@@ -42,10 +42,10 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
            f"validation subjects; config {asdict(config)}; augmentation seed {seed}"]
     start = time.perf_counter()
     grid = cohort_grid(cohort)
-    standard = fit_cohort_standard(train, [train, validation], grid, harmonisation)
+    standard, (fitted, validation) = fit_cohort_standard(
+        train, [train, validation], grid, harmonisation)
     log.append(f"intensity standard: {asdict(standard.config)}; healthy ranges "
                f"{standard.healthy_ranges}")
-    fitted = harmonised_split(train, standard)
     if config.acquisition_copies:
         augmented = harmonised_split(augmented_split(train, config.acquisition_copies, seed),
                                      standard)
@@ -54,7 +54,6 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     ages = [float(age) for age in fitted.ages] if config.age_adjusted else None
     model = VoxelNormativeModel.fit(fitted.images, fitted.masks, ages, config)
     del fitted
-    validation = harmonised_split(validation, standard)
     val_maps = [model.anomaly_map(image, mask, age) for image, mask, age in
                 zip(validation.images, validation.masks, validation.ages, strict=True)]
     calibration = Calibration.from_healthy_maps(val_maps, validation.masks, fpr,
