@@ -88,6 +88,7 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._choices: list[engine.MethodChoice] = []
         self._run = None
         self._results: dict[str, ResultNodes] = {}
+        self._consensus = None
         self._resultsInput = None
 
     def setup(self) -> None:
@@ -152,6 +153,7 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setRunning(False)
         self.setParameterNode(None)
         self._results = {}
+        self._consensus = None
         self.ui.resultsCollapsibleButton.enabled = False
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -288,7 +290,7 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRunFinished(self, run: runs.SceneRun) -> None:
         if run.state is runs.RunState.SUCCEEDED:
             self.ui.statusLabel.text = _("Done.")
-            self.showResults(run.results)
+            self.showResults(run.results, run.consensus)
             return
         self.ui.statusLabel.text = run.error.args[0] if run.error else run.state.value
         if run.state is runs.RunState.FAILED:
@@ -300,8 +302,9 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # Results -----------------------------------------------------------------------------
 
-    def showResults(self, results: dict[str, ResultNodes]) -> None:
+    def showResults(self, results: dict[str, ResultNodes], consensus=None) -> None:
         self._results = results
+        self._consensus = consensus
         combo = self.ui.resultMethodComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -359,7 +362,7 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCompare(self) -> None:
         self.logic.showComparison(self._resultsInput, list(self._results.values()),
-                                  self.ui.opacitySlider.value)
+                                  self.ui.opacitySlider.value, self._consensus)
 
     # Models ------------------------------------------------------------------------------
 
@@ -645,12 +648,14 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
                 display.SetVisibility(segmentation is result.segmentation)
 
     def showComparison(self, inputVolume, results: list[ResultNodes],
-                       opacity: float = 0.6) -> None:
+                       opacity: float = 0.6, consensus=None) -> None:
         """A layout with one linked slice view per method: the input under each method's map
-        and segmentation, all at the threshold the results currently have."""
+        and segmentation, all at the threshold the results currently have; and, given the
+        run's consensus volume, a last view of it (how many methods flag each voxel)."""
         layoutManager = slicer.app.layoutManager()
         layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        description = layout.compareLayoutXml([result.method for result in results])
+        labels = [result.method for result in results] + (["consensus"] if consensus else [])
+        description = layout.compareLayoutXml(labels)
         if layoutNode.IsLayoutDescription(layout.COMPARE_LAYOUT_ID):
             layoutNode.SetLayoutDescription(layout.COMPARE_LAYOUT_ID, description)
         else:
@@ -666,6 +671,14 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
             display = result.segmentation.GetDisplayNode()
             display.SetVisibility(True)
             display.SetDisplayableOnlyInView(sliceWidget.mrmlSliceNode().GetID())
+            sliceWidget.sliceLogic().FitSliceToAll()
+        if consensus is not None:
+            sliceWidget = layoutManager.sliceWidget(layout.compareViewNames(len(labels))[-1])
+            composite = sliceWidget.mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(inputVolume.GetID())
+            composite.SetForegroundVolumeID(consensus.GetID())
+            composite.SetForegroundOpacity(opacity)
+            composite.SetLinkedControl(True)
             sliceWidget.sliceLogic().FitSliceToAll()
 
 

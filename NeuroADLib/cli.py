@@ -42,7 +42,8 @@ EXAMPLES = {
              "  neuroad train transformer --cohort ~/neuroad-cache/ixi_2mm "
              "--autoencoder models/autoencoder --out models/transformer\n"
              "  neuroad train cadd --cohort ~/neuroad-cache/ixi_2mm "
-             "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd",
+             "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd"
+             "\n  neuroad train mad_ad --cohort ~/neuroad-cache/ixi_2mm --out models/mad_ad",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore "
@@ -138,6 +139,77 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_zscore(args: argparse.Namespace, device: str | None) -> None:
+    from .methods.zscore import ZScoreConfig
+    from .preprocessing.harmonisation import HarmonisationConfig
+    from .training.zscore import train_zscore
+
+    copies = 2 if args.acquisition_copies is None else args.acquisition_copies
+    config = ZScoreConfig(age_adjusted=not args.no_age, acquisition_copies=copies)
+    folder = train_zscore(args.cohort, args.out, config,
+                          harmonisation=HarmonisationConfig(
+                              profile_sigma_mm=args.profile_sigma_mm))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, "
+          "validation healthy FPR "
+          f"{manifest['metrics']['validation_healthy_fpr_at_threshold']:.4f}")
+
+
+def _train_autoencoder(args: argparse.Namespace, device: str | None) -> None:
+    from .training.autoencoder import AutoencoderTraining, train_autoencoder
+
+    training = AutoencoderTraining(steps=args.steps) if args.steps else None
+    train_autoencoder(args.cohort, args.out, args.config, training, device)
+
+
+def _train_transformer(args: argparse.Namespace, device: str | None) -> None:
+    from .training.latent_diffusion import LatentDiffusionTraining, train_latent_diffusion
+
+    if not args.autoencoder:
+        raise UsageError("neuroad train transformer needs --autoencoder FOLDER.")
+    training = LatentDiffusionTraining(steps=args.steps) if args.steps else None
+    train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training,
+                           device)
+
+
+def _train_cadd(args: argparse.Namespace, device: str | None) -> None:
+    from .training.cadd_bundle import build_cadd_bundle
+
+    if not (args.autoencoder and args.transformer):
+        raise UsageError("neuroad train cadd needs --autoencoder and --transformer.")
+    variants = args.variants.split(",") if args.variants else None
+    build_cadd_bundle(args.cohort, args.autoencoder, args.transformer, args.out,
+                      variants=variants, device=device)
+
+
+def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
+    from .training.mad_ad import MADADTraining, train_mad_ad
+
+    training = MADADTraining(config=args.config)
+    if args.steps:
+        training = replace(training, diffusion=replace(training.diffusion, steps=args.steps))
+    if args.autoencoder_steps:
+        training = replace(training, autoencoder=replace(training.autoencoder,
+                                                         steps=args.autoencoder_steps))
+    if args.acquisition_copies is not None:
+        training = replace(training, acquisition_copies=args.acquisition_copies)
+    train_mad_ad(args.cohort, args.out, training, device)
+
+
+# What `neuroad train NAME` runs: (trainer, whether it trains with torch, help).
+TRAINERS = {
+    "zscore": (_train_zscore, False, "the voxel-wise normative model"),
+    "autoencoder": (_train_autoencoder, True, "CADD's first stage"),
+    "transformer": (_train_transformer, True, "CADD's latent DDPM (needs --autoencoder)"),
+    "cadd": (_train_cadd, True, "calibrates the CADD bundle of both stages (needs "
+                                "--autoencoder and --transformer)"),
+    "mad_ad": (_train_mad_ad, True, "MAD-AD: slice autoencoder, masked-diffusion UNet and "
+                                    "calibration, in one resumable run"),
+}
+
+
 def _train(args: argparse.Namespace) -> int:
     from .outputs import check_writable
     from .training.provenance import code_version
@@ -145,48 +217,16 @@ def _train(args: argparse.Namespace) -> int:
     check_writable(args.out)
     # the manifest records the code that started the run, not the checkout at its end
     os.environ["NEUROAD_CODE_VERSION"] = code_version()
-    if args.method == "zscore":
-        from .methods.zscore import ZScoreConfig
-        from .preprocessing.harmonisation import HarmonisationConfig
-        from .training.zscore import train_zscore
+    trainer, uses_torch, _ = TRAINERS[args.method]
+    device = None
+    if uses_torch:
+        import torch
 
-        config = ZScoreConfig(age_adjusted=not args.no_age,
-                              acquisition_copies=args.acquisition_copies)
-        folder = train_zscore(args.cohort, args.out, config,
-                              harmonisation=HarmonisationConfig(
-                                  profile_sigma_mm=args.profile_sigma_mm))
-        manifest = json.loads((folder / "manifest.json").read_text())
-        print(f"wrote {folder}: threshold {manifest['calibration']['threshold']:.3f}, "
-              "validation healthy FPR "
-              f"{manifest['metrics']['validation_healthy_fpr_at_threshold']:.4f}")
-        return 0
-    import torch
+        from .device import select_device
 
-    from .device import select_device
-
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    device = select_device(args.device)
-    if args.method == "autoencoder":
-        from .training.autoencoder import AutoencoderTraining, train_autoencoder
-
-        training = AutoencoderTraining(steps=args.steps) if args.steps else None
-        train_autoencoder(args.cohort, args.out, args.config, training, device)
-    elif args.method == "transformer":
-        from .training.latent_diffusion import LatentDiffusionTraining, train_latent_diffusion
-
-        if not args.autoencoder:
-            raise UsageError("neuroad train transformer needs --autoencoder FOLDER.")
-        training = LatentDiffusionTraining(steps=args.steps) if args.steps else None
-        train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training,
-                               device)
-    else:
-        from .training.cadd_bundle import build_cadd_bundle
-
-        if not (args.autoencoder and args.transformer):
-            raise UsageError("neuroad train cadd needs --autoencoder and --transformer.")
-        variants = args.variants.split(",") if args.variants else None
-        build_cadd_bundle(args.cohort, args.autoencoder, args.transformer, args.out,
-                          variants=variants, device=device)
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        device = select_device(args.device)
+    trainer(args, device)
     return 0
 
 
@@ -429,28 +469,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "Train a method on a prepared healthy cohort and calibrate it on the "
                          "cohort's validation split.")
-    p.add_argument("method", choices=["zscore", "autoencoder", "transformer", "cadd"],
-                   help="zscore; or CADD's stages: autoencoder, transformer (needs "
-                        "--autoencoder), cadd (calibrates the bundle of both stages)")
+    p.add_argument("method", choices=list(TRAINERS),
+                   help="; ".join(f"{name}: {entry[2]}" for name, entry in TRAINERS.items()))
     p.add_argument("--cohort", required=True, help="cache written by neuroad prepare-cohort")
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
-    p.add_argument("--acquisition-copies", type=int, default=2, choices=range(0, 11),
-                   metavar="N", help="zscore: acquisition-augmented copies of every training "
-                   "scan in the statistics (default 2; 0 for none)")
+    p.add_argument("--acquisition-copies", type=int, choices=range(0, 11), metavar="N",
+                   help="zscore / mad_ad: acquisition-augmented copies of every training scan "
+                   "(defaults 2 / 1; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
-                   help="autoencoder / transformer: named network size")
-    p.add_argument("--steps", type=COUNT, help="autoencoder / transformer: training steps "
-                                             "(defaults 4000 / 10000)")
+                   help="autoencoder / transformer / mad_ad: named network size")
+    p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet): "
+                                             "training steps")
+    p.add_argument("--autoencoder-steps", type=COUNT,
+                   help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")
     p.add_argument("--transformer", help="trained transformer folder")
     p.add_argument("--variants", help="cadd: comma-separated variants to calibrate (default: "
                                       "cadd,cadd_nocov,cadd_noinpaint,ldm,ldm_tavg)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="autoencoder / transformer / cadd: where torch trains")
+                   help="every torch trainer: where it trains")
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
 

@@ -4,7 +4,9 @@ For each method: `pseudo_healthy.nii.gz` (the method's healthy expectation insid
 the scan's intensity units; the scan itself outside the brain), `anomaly_map.nii.gz`,
 `anomaly_mask.nii.gz` (the map above the method's healthy-calibrated threshold) and
 `report.json`, all with exactly the input's geometry, plus `summary.png`. Several methods share
-one preprocessing; each writes into its own sub-folder when more than one is asked for.
+one preprocessing; each writes into its own sub-folder when more than one is asked for, and the
+run also writes `consensus.nii.gz`: at each voxel, how many methods flag it at their calibrated
+thresholds (with `consensus.json`, the volume flagged by at least k of them).
 """
 
 from __future__ import annotations
@@ -23,29 +25,29 @@ from . import __version__
 from .device import is_out_of_memory, select_device
 from .errors import InputError
 from .guards import check_run
+from .hashing import sha256
 from .methods import LoadedMethod, load_method
 from .methods.registry import changed_options
 from .models import find_bundle, verify_bundle
 from .outputs import atomic_output_folder, check_writable
-from .postprocessing import abnormality_index, binarize, index_zscore, zscore_map
+from .postprocessing import abnormality_index, binarize, index_zscore
 from .preprocessing import grid_to_native, preprocess
 from .preprocessing.pipeline import PREPROCESS_STEPS
 from .progress import Progress
 from .qc import orthogonal_slices
-from .training.provenance import sha256
+from .subject import SEXES, Subject
 from .volumes import geometry_of, read_volume, write_volume
 
-SEXES = ("F", "M")
 
-
-def check_covariates(age: float | None, sex: str | None) -> tuple[float, str]:
+def check_covariates(age: float | None, sex: str | None) -> Subject:
+    """The user's age and sex as the Subject the methods see; both required, the age 0-120."""
     if age is None:
         raise InputError("Age is required (years, 0-120): the models are normative for age.")
     if not np.isfinite(age) or not 0 <= age <= 120:
         raise InputError(f"Age {age} is outside 0-120 years.")
     if sex not in SEXES:
         raise InputError(f"Sex must be F or M, not {sex!r}.")
-    return float(age), sex
+    return Subject(float(age), sex)
 
 
 def run(
@@ -67,7 +69,7 @@ def run(
     `device` is auto / cpu / cuda, and a CUDA out-of-memory error reruns the method on the CPU
     (the report says so); `options` maps a method name to options overriding its defaults
     (see methods.registry)."""
-    age, sex = check_covariates(age, sex)
+    subject = check_covariates(age, sex)
     options = check_run(source, methods, brain_mask, options)  # guards before any work
     select_device(device)  # refuse an impossible device before any work
     check_writable(out)
@@ -99,41 +101,63 @@ def run(
 
     input_info = {"path": str(source), "geometry": geometry_of(native),
                   "sha256": sha256(Path(source)) if Path(source).is_file() else ""}
-    reports = {}
+    reports, masks = {}, {}
     with atomic_output_folder(out) as staging:
         for name, (bundle, method) in loaded.items():
             folder = staging / name if len(loaded) > 1 else staging
             folder.mkdir(exist_ok=True)
-            reports[name] = _run_method(method, bundle, case, native, grid_image, brain, age, sex,
-                                        folder, dict(timings), input_info, progress, device,
-                                        options.get(name, {}))
+            reports[name], masks[name] = _run_method(
+                method, bundle, case, native, grid_image, brain, subject, folder,
+                dict(timings), input_info, progress, device, options.get(name, {}))
+        if len(masks) > 1:
+            write_consensus(masks, native, staging)
     return reports
 
 
+def write_consensus(masks: dict[str, sitk.Image], native: sitk.Image, folder: Path) -> dict:
+    """consensus.nii.gz (uint8: how many of the methods flag each voxel, on the scan's
+    geometry) and consensus.json (the methods, and the volume flagged by at least k of them,
+    k = 1 ... all)."""
+    count = sum((sitk.GetArrayFromImage(mask) > 0).astype(np.uint8) for mask in masks.values())
+    image = sitk.GetImageFromArray(count.astype(np.uint8))
+    image.CopyInformation(native)
+    write_volume(image, folder / "consensus.nii.gz")
+    voxel_ml = float(np.prod(native.GetSpacing())) / 1000
+    summary = {"methods": list(masks),
+               "rule": "voxels above each method's healthy-calibrated threshold, counted",
+               "volume_ml_flagged_by_at_least": {
+                   str(k): float((count >= k).sum() * voxel_ml)
+                   for k in range(1, len(masks) + 1)}}
+    (folder / "consensus.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_image: np.ndarray,
-                brain: np.ndarray, age: float, sex: str, folder: Path, timings: dict,
+                brain: np.ndarray, subject: Subject, folder: Path, timings: dict,
                 input_info: dict, progress: Progress, device_preference: str,
-                options: dict) -> dict:
+                options: dict) -> tuple[dict, sitk.Image]:
+    """One method's outputs in `folder`; returns its report and its anomaly mask on the
+    scan."""
     progress.step(f"{method.name}: anomaly map")
     start = time.perf_counter()
     device = select_device(device_preference)
     try:
-        prediction = method.to(device).run(grid_image, brain, age, sex, progress.substep)
+        prediction = method.to(device).run(grid_image, brain, subject, progress.substep)
     except Exception as error:
         if not is_out_of_memory(error):
             raise
         progress.emit({"event": "log", "message": f"{method.name}: CUDA ran out of memory; "
                        "running again on the CPU (slower)."})
         device = "cpu (after CUDA out of memory)"
-        prediction = method.to("cpu").run(grid_image, brain, age, sex, progress.substep)
+        prediction = method.to("cpu").run(grid_image, brain, subject, progress.substep)
     anomaly, healthy = prediction.anomaly, prediction.healthy
     timings["method"] = time.perf_counter() - start
 
     progress.step(f"{method.name}: back to the scan")
     start = time.perf_counter()
-    threshold = method.calibration.threshold
+    threshold = method.calibration.output_threshold
     segmentation = binarize(anomaly, threshold, brain)
-    index = abnormality_index(zscore_map(anomaly, method.calibration.reference), brain,
+    index = abnormality_index(method.calibration.index_zmap(anomaly), brain,
                               method.calibration.reference.top_fraction)
     native_map = grid_to_native(_on_grid(anomaly, case.image), case.template_to_native, native)
     native_mask = grid_to_native(_on_grid(segmentation.astype(np.uint8), case.image),
@@ -153,13 +177,13 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     write_volume(native_map, folder / "anomaly_map.nii.gz")
     write_volume(native_mask, folder / "anomaly_mask.nii.gz")
     _summary_picture(native, native_map, native_mask, folder / "summary.png",
-                     f"{method.name}  age {age:g}  sex {sex}")
+                     f"{method.name}  age {subject.age:g}  sex {subject.sex}")
     mask_array = sitk.GetArrayFromImage(native_mask) > 0
     _, lesions = ndimage.label(mask_array, structure=np.ones((3, 3, 3)))
     report = {
         "neuroad_version": __version__,
         "input": input_info,
-        "covariates": {"age": age, "sex": sex},
+        "covariates": {"age": subject.age, "sex": subject.sex},
         "method": method.name,
         "options": options,
         "model": {"id": bundle.id, "version": bundle.manifest.get("version", ""),
@@ -181,7 +205,7 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
                     "summary.png"],
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    return report
+    return report, native_mask
 
 
 def out_of_distribution_report(harmonisation: dict, flagged_fraction: float,
@@ -190,8 +214,8 @@ def out_of_distribution_report(harmonisation: dict, flagged_fraction: float,
     the brain with its healthy range, and a warning in words for each one outside, so that a
     user does not read acquisition differences as disease."""
     checks = list(harmonisation.get("checks", []))
-    if calibration.healthy_flagged_range is not None:
-        low, high = calibration.healthy_flagged_range
+    if calibration.output_flagged_range is not None:
+        low, high = calibration.output_flagged_range
         checks.append({"statistic": "flagged_fraction", "value": flagged_fraction,
                        "healthy_range": [low, high], "inside": flagged_fraction <= high})
     warnings = [_warning(check) for check in checks if not check["inside"]]
@@ -222,7 +246,8 @@ def _threshold_report(method: LoadedMethod, threshold: float, options: dict) -> 
     method's default options, so other options (a longer chain, another percentile) keep the
     threshold but not its healthy false-positive guarantee."""
     changed = changed_options(method.name, options)
-    report = {"value": threshold, "rule": f"healthy-calibrated: at most "
+    report = {"value": threshold, "map": method.calibration.map_kind,
+              "rule": f"healthy-calibrated: at most "
               f"{method.calibration.fpr:.1%} of healthy validation brain voxels above",
               "calibrated_at_these_options": not changed}
     if changed:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from .errors import Cancelled
 
 SUBSTEP_INTERVAL = 0.25  # seconds between two reports inside a step
+# on_step(done, total) after every inner step of a long computation (diffusion sampling):
+# progress reports, and cancellation (it may raise to stop the computation).
+StepCallback = Callable[[int, int], None]
 
 
 def _ignore(event: dict) -> None:

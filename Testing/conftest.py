@@ -76,3 +76,68 @@ def fabricated_cohort(root: Path, shape: tuple[int, int, int], n: int) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return root
+
+
+TINY_CADD_SHAPE = (32, 32, 32)
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+def tiny_cadd_stages(root: Path) -> tuple[Path, Path]:
+    """A fabricated cohort of 8 subjects (32^3) and the tiny autoencoder trained on it for two
+    steps: the first stage of a tiny CADD bundle."""
+    from NeuroADLib.training.autoencoder import AutoencoderTraining, train_autoencoder
+
+    cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
+    autoencoder = train_autoencoder(cohort, root / "ae", "tiny",
+                                    AutoencoderTraining(steps=2, patch=32, adversarial_start=5),
+                                    log=_quiet)
+    return cohort, autoencoder
+
+
+def tiny_cadd_bundle(root: Path, cohort: Path, autoencoder: Path,
+                     variants: list[str] | None = None) -> Path:
+    """A CADD bundle (root/cadd) of the tiny transformer trained for two steps on top of
+    `tiny_cadd_stages`, calibrated at t_int 100 with respacing 10: seconds on 2 cores."""
+    from NeuroADLib.diffusion.inpainting import InpaintingSettings
+    from NeuroADLib.training.cadd_bundle import build_cadd_bundle
+    from NeuroADLib.training.latent_diffusion import (
+        LatentDiffusionTraining,
+        train_latent_diffusion,
+    )
+
+    transformer = train_latent_diffusion(cohort, autoencoder, root / "transformer", "tiny",
+                                         LatentDiffusionTraining(steps=2, batch_size=2),
+                                         log=_quiet)
+    return build_cadd_bundle(cohort, autoencoder, transformer, root / "cadd",
+                             InpaintingSettings(t_int=100, respacing=10), variants=variants,
+                             log=_quiet)
+
+
+def tiny_mad_ad_training():
+    """MAD-AD's tiny networks trained for two steps per stage, checkpointed every step, run
+    with every latent position updated (an untrained mask head flags next to nothing)."""
+    from NeuroADLib.methods.mad_ad import MADADSettings
+    from NeuroADLib.training.mad_ad import (
+        MADADTraining,
+        MaskedDiffusionTraining,
+        SliceAutoencoderTraining,
+    )
+
+    return MADADTraining(config="tiny",
+                         autoencoder=SliceAutoencoderTraining(steps=2, batch_size=4,
+                                                              adversarial_start=1),
+                         diffusion=MaskedDiffusionTraining(steps=2, batch_size=4),
+                         inference=MADADSettings(mask_threshold=0.0),
+                         acquisition_copies=1, checkpoint_every=1, log_every=1)
+
+
+def tiny_mad_ad_bundle(root: Path) -> tuple[Path, Path]:
+    """A fabricated cohort of 8 subjects (32^3) and a MAD-AD bundle (root/mad_ad) of
+    `tiny_mad_ad_training` on it."""
+    from NeuroADLib.training.mad_ad import train_mad_ad
+
+    cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
+    return cohort, train_mad_ad(cohort, root / "mad_ad", tiny_mad_ad_training(), log=_quiet)

@@ -58,3 +58,29 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     assert set(quality) == {"mae", "psnr", "ssim"} and quality["mae"] > 0
     assert manifest["perceptual_loss"].startswith("not used")
     assert "autoencoder.safetensors" in manifest["files"]
+
+
+def test_a_saved_autoencoder_loads_from_the_architecture_its_manifest_records(tmp_path):
+    from safetensors.torch import save_file
+
+    from NeuroADLib.errors import ModelError
+    from NeuroADLib.networks.autoencoder import (
+        AUTOENCODER_CONFIGS,
+        AutoencoderConfig,
+        build_autoencoder,
+        load_autoencoder,
+    )
+
+    tiny = AUTOENCODER_CONFIGS["tiny"]
+    network = build_autoencoder(tiny)
+    save_file(network.state_dict(), str(tmp_path / "autoencoder.safetensors"))
+    # a name whose table entry is another architecture: the recorded config decides
+    manifest = {"config": tiny.to_dict(), "config_name": "default"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loaded, read = load_autoencoder(tmp_path)
+    assert read == manifest and AutoencoderConfig.from_dict(read["config"]) == tiny
+    state = network.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in loaded.state_dict().items())
+    (tmp_path / "manifest.json").write_text(json.dumps({"config_name": "tiny"}))
+    with pytest.raises(ModelError, match="config"):
+        load_autoencoder(tmp_path)

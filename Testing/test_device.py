@@ -41,7 +41,7 @@ class RunsOutOfGpuMemory:
         self.device = device
         return self
 
-    def predict(self, image, brain, age, sex, on_step=None):
+    def predict(self, image, brain, subject, on_step=None):
         self.calls.append(self.device)
         if self.device == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")

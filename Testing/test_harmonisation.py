@@ -144,7 +144,7 @@ def test_report_warns_with_numbers_when_the_flagged_share_is_beyond_healthy():
 class _Echo:
     """A model whose pseudo-healthy image is its input and whose map is zero."""
 
-    def predict(self, image, brain, age, sex, on_step=None):
+    def predict(self, image, brain, subject, on_step=None):
         return np.zeros_like(image), image * brain
 
 

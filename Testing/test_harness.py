@@ -13,9 +13,9 @@ from conftest import ellipsoid_brain, fabricated_cohort, healthy_volume
 from NeuroADLib.evaluation.cases import build_clinical_set
 from NeuroADLib.evaluation.harness import case_metrics, evaluate
 from NeuroADLib.gridpack import pack_cases, write_pack
+from NeuroADLib.hashing import sha256
 from NeuroADLib.methods import load_method
 from NeuroADLib.synthesis import synthesize
-from NeuroADLib.training.provenance import sha256
 from NeuroADLib.training.zscore import train_zscore
 
 SHAPE = (20, 24, 20)
@@ -150,8 +150,8 @@ def test_an_age_shift_moves_ages_towards_the_other_end_of_the_range(trained, tmp
         def __init__(self):
             self.ages = []
 
-        def predict(self, image, brain, age, sex, on_step=None):
-            self.ages.append(age)
+        def predict(self, image, brain, subject, on_step=None):
+            self.ages.append(subject.age)
             return image * 0 + 0.5, image
 
     method = load_method("zscore", trained / "zscore")

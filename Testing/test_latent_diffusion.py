@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import fabricated_cohort
+from conftest import tiny_cadd_bundle, tiny_cadd_stages
 
 from NeuroADLib.errors import UsageError
+from NeuroADLib.subject import Subject
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("einops")
 
-from NeuroADLib.training.autoencoder import AutoencoderTraining, train_autoencoder  # noqa: E402
 from NeuroADLib.training.latent_diffusion import (  # noqa: E402
     LatentDiffusionTraining,
     train_latent_diffusion,
 )
+
+WOMAN = Subject(44.0, "F")
 
 
 def quiet(message: str) -> None:
@@ -26,12 +28,7 @@ def quiet(message: str) -> None:
 @pytest.fixture(scope="module")
 def stage_one(tmp_path_factory):
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("ldm")
-    cohort = fabricated_cohort(root / "cohort", (32, 32, 32), 8)
-    autoencoder = train_autoencoder(cohort, root / "ae", "tiny",
-                                    AutoencoderTraining(steps=2, patch=32, adversarial_start=5),
-                                    log=quiet)
-    return cohort, autoencoder
+    return tiny_cadd_stages(tmp_path_factory.mktemp("ldm"))
 
 
 def test_resumed_training_equals_uninterrupted(stage_one, tmp_path):
@@ -59,17 +56,10 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
     import numpy as np
     import SimpleITK as sitk
 
-    from NeuroADLib.diffusion.inpainting import InpaintingSettings
     from NeuroADLib.methods import load_method
-    from NeuroADLib.training.cadd_bundle import build_cadd_bundle
 
     cohort, autoencoder = stage_one
-    transformer = train_latent_diffusion(cohort, autoencoder, tmp_path / "transformer", "tiny",
-                                         LatentDiffusionTraining(steps=2, batch_size=2),
-                                         log=quiet)
-    settings = InpaintingSettings(t_int=100, respacing=10)
-    bundle = build_cadd_bundle(cohort, autoencoder, transformer, tmp_path / "cadd", settings,
-                               log=quiet)
+    bundle = tiny_cadd_bundle(tmp_path, cohort, autoencoder)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["metrics"]["validation_reconstruction"]) == {
         "autoencoder", "cadd", "cadd_nocov", "cadd_noinpaint", "ldm", "ldm_tavg"}
@@ -81,18 +71,18 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
     for name in ("cadd", "ldm"):
         method = load_method(name, bundle)
         assert method.calibration.threshold > 0
-        maps[name] = method.anomaly_map(image, brain, 44.0, "F")
+        maps[name] = method.anomaly_map(image, brain, WOMAN)
         assert maps[name].shape == image.shape and np.all(maps[name][~brain] == 0)
     assert not np.array_equal(maps["cadd"], maps["ldm"])
-    again = load_method("cadd", bundle).anomaly_map(image, brain, 44.0, "F")
+    again = load_method("cadd", bundle).anomaly_map(image, brain, WOMAN)
     assert np.array_equal(again, maps["cadd"])  # seeded inference: same input, same output
     # the cohort percentiles cover every level up to T, so a longer chain finds its rows ...
     longer = load_method("cadd", bundle, {"t_int": 300, "respacing": 10})
-    assert longer.anomaly_map(image, brain, 44.0, "F").shape == image.shape
+    assert longer.anomaly_map(image, brain, WOMAN).shape == image.shape
     # ... and a level without percentiles is a usage error, not a shape error
     with pytest.raises(UsageError, match="level_step"):
         load_method("cadd", bundle, {"level_step": 30, "respacing": 10}).anomaly_map(
-            image, brain, 44.0, "F")
+            image, brain, WOMAN)
 
 
 def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
@@ -101,29 +91,25 @@ def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
     from NeuroADLib.diffusion.inpainting import InpaintingSettings, kl_maps
     from NeuroADLib.methods.cadd import cohort_kl_percentiles, load_cadd
     from NeuroADLib.preprocessing.harmonisation import IntensityStandard
-    from NeuroADLib.training.cadd_bundle import build_cadd_bundle
     from NeuroADLib.training.data import load_split
     from NeuroADLib.training.harmonisation import harmonised_split
 
     cohort, autoencoder = stage_one
-    transformer = train_latent_diffusion(cohort, autoencoder, tmp_path / "transformer", "tiny",
-                                         LatentDiffusionTraining(steps=2, batch_size=2),
-                                         log=quiet)
-    bundle = build_cadd_bundle(cohort, autoencoder, transformer, tmp_path / "cadd",
-                               InpaintingSettings(t_int=100, respacing=10), variants=["ldm"],
-                               log=quiet)
+    bundle = tiny_cadd_bundle(tmp_path, cohort, autoencoder, variants=["ldm"])
     model = load_cadd(bundle, "cadd")
     assert model.cohort_percentiles["levels"].tolist() == list(range(50, 1001, 50))
     # the bundle's statistics are of the validation scans harmonised to its intensity standard
     standard = IntensityStandard.load(bundle)
     validation = harmonised_split(load_split(cohort, "validation"), standard)
     latents = [model.encode(image) for image in validation.images]
-    table = cohort_kl_percentiles(model, latents, validation.ages, validation.sexes)
+    people = [Subject(age, sex) for age, sex in zip(validation.ages, validation.sexes,
+                                                    strict=True)]
+    table = cohort_kl_percentiles(model, latents, people)
     for key in ("covariates", "none"):
         torch.testing.assert_close(model.cohort_percentiles[key], table[key])  # as stored
     at_150 = InpaintingSettings(t_int=150)  # its last level, U = 150, is row 2
-    maps = [kl_maps(model.diffusion, model.denoiser(age, sex), z0, at_150)[-1].numpy()
-            for z0, age, sex in zip(latents, validation.ages, validation.sexes, strict=True)]
+    maps = [kl_maps(model.diffusion, model.denoiser(person), z0, at_150)[-1].numpy()
+            for z0, person in zip(latents, people, strict=True)]
     np.testing.assert_allclose(table["covariates"][2].numpy(), np.percentile(maps, 95, axis=0),
                                rtol=2e-3, atol=1e-6)
     model.settings = at_150
@@ -150,3 +136,23 @@ def test_cached_latents_are_reused_only_for_the_same_autoencoder_and_subjects(tm
     other_subjects = cached_latents(path, "def", ["s1", "s3"], compute(4.0))
     assert other_autoencoder[0, 0, 0, 0, 0] == 3.0 and other_subjects[0, 0, 0, 0, 0] == 4.0
     assert calls == [1.0, 3.0, 4.0]
+
+
+def test_an_interrupted_calibration_resumes_with_the_variants_still_to_do(stage_one, tmp_path):
+    """A variant whose calibration and figures were kept is not computed again; the manifest
+    lists every variant asked for."""
+    cohort, autoencoder = stage_one
+    first = tiny_cadd_bundle(tmp_path, cohort, autoencoder, variants=["ldm"])
+    kept = (first / "calibration_ldm.json").read_text()
+    lines = []
+    from NeuroADLib.diffusion.inpainting import InpaintingSettings
+    from NeuroADLib.training.cadd_bundle import build_cadd_bundle
+
+    again = build_cadd_bundle(cohort, autoencoder, first.parent / "transformer", first,
+                              InpaintingSettings(t_int=100, respacing=10),
+                              variants=["ldm", "ldm_tavg"], log=lines.append)
+    assert any(line.startswith("ldm: ") and line.endswith("(resumed)") for line in lines)
+    assert not any(line.startswith("ldm_tavg: ") and "resumed" in line for line in lines)
+    assert (again / "calibration_ldm.json").read_text() == kept
+    manifest = json.loads((again / "manifest.json").read_text())
+    assert manifest["variants"] == ["ldm", "ldm_tavg"]

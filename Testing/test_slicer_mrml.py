@@ -20,7 +20,7 @@ vtk = pytest.importorskip("vtk")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "NeuroAD"))
 
 from NeuroADSlicerLib import mrml  # noqa: E402
-from NeuroADSlicerLib.results import loadResults  # noqa: E402
+from NeuroADSlicerLib.results import loadConsensus, loadResults  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "NeuroADLib" / "data" / "demo" / \
     "tcga_fg_6692_t1.nii.gz"
@@ -227,6 +227,20 @@ def test_engine_outputs_become_result_nodes(scene, tmp_path):
     assert result.abnormalityIndex == 4.25
     for node in result.nodes():
         assert node.GetAttribute("NeuroAD.method") == "zscore"
+
+
+def test_the_consensus_of_several_methods_becomes_a_volume_node(scene, tmp_path):
+    volume, _ = oblique_volume(scene)
+    assert loadConsensus(volume, tmp_path) is None  # a single-method run has none
+    counts = np.random.default_rng(6).integers(0, 4, (12, 14, 16)).astype(np.uint8)
+    written = sitk.ReadImage(str(mrml.writeVolumeFile(volume, tmp_path / "input.nrrd")))
+    image = sitk.GetImageFromArray(counts)
+    image.CopyInformation(written)
+    sitk.WriteImage(image, str(tmp_path / "consensus.nii.gz"))
+    node = loadConsensus(volume, tmp_path)
+    assert node.GetName() == "input consensus"
+    assert np.array_equal(slicer.util.arrayFromVolume(node), counts)
+    assert np.array_equal(mrml.ijkToRas(node), mrml.ijkToRas(volume))
 
 
 def test_threshold_update_on_a_256_cube_is_interactive(scene):

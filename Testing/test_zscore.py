@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from NeuroADLib.methods.zscore import MIN_STD, VoxelNormativeModel, ZScoreConfig
+from NeuroADLib.subject import Subject
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
@@ -68,8 +69,8 @@ def test_saved_model_is_the_fitted_one_and_stores_only_informative_voxels(tmp_pa
     for name in ("mean", "std", "age_slope", "support", "reference_quantiles"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name), err_msg=name)
     test, brain = images[3] + 0.2 * inside, inside
-    np.testing.assert_array_equal(loaded.anomaly_map(test, brain, 61.0),
-                                  model.anomaly_map(test, brain, 61.0))
+    np.testing.assert_array_equal(loaded.anomaly_map(test, brain, Subject(61.0)),
+                                  model.anomaly_map(test, brain, Subject(61.0)))
     np.testing.assert_array_equal(loaded.expected(61.0), model.expected(61.0))
     full_grids = 3 * 2 * np.prod(shape)
     assert (folder / "zscore.safetensors").stat().st_size < full_grids
@@ -103,5 +104,5 @@ def test_model_is_blind_to_a_global_contrast_change():
     model = VoxelNormativeModel.fit(images, masks, ages)
     test = images[3]
     brain = np.ones(test.shape, bool)
-    np.testing.assert_allclose(model.anomaly_map(0.7 * test + 0.2, brain, 40.0),
-                               model.anomaly_map(test, brain, 40.0), atol=1e-3)
+    np.testing.assert_allclose(model.anomaly_map(0.7 * test + 0.2, brain, Subject(40.0)),
+                               model.anomaly_map(test, brain, Subject(40.0)), atol=1e-3)

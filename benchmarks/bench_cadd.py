@@ -37,6 +37,7 @@ def run_one(bundle: str, cases: str, setting: str, scans: int, device: str, thre
 
     from NeuroADLib.gridpack import read_pack
     from NeuroADLib.methods import load_method
+    from NeuroADLib.subject import Subject
 
     torch.set_num_threads(threads)
     variant, options = parse_setting(setting)
@@ -61,8 +62,8 @@ def run_one(bundle: str, cases: str, setting: str, scans: int, device: str, thre
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        method.predict(image, brain, float(row["age"]) if row.get("age") else None,
-                       row.get("sex") or None)
+        method.predict(image, brain, Subject(float(row["age"]) if row.get("age") else None,
+                                             row.get("sex") or None))
         if device == "cuda":
             torch.cuda.synchronize()
         if position >= 1:  # the first scan is the warm-up

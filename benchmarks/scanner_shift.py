@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from NeuroADLib.gridpack import read_grid_file
 from NeuroADLib.methods import load_method
+from NeuroADLib.subject import Subject
 from NeuroADLib.synthesis.acquisition import AcquisitionConfig, augment_acquisition
 
 NO_EFFECT = {"contrast_gamma": (1.0, 1.0), "bias_amplitude": (0.0, 0.0),
@@ -52,9 +53,9 @@ REAL = {"clinical demo (0.9x0.9x5.5 mm)": ("demo", None),
 
 def flagged(method, image: np.ndarray, brain: np.ndarray, age: float | None,
             outside: np.ndarray | None = None) -> float:
-    anomaly = method.anomaly_map(image, brain, age, None)
+    anomaly = method.anomaly_map(image, brain, Subject(age))
     region = brain if outside is None else brain & outside
-    return float((anomaly[region] > method.calibration.threshold).mean())
+    return float((anomaly[region] > method.calibration.output_threshold).mean())
 
 
 def validation_scans(cohort: Path) -> list[tuple[np.ndarray, np.ndarray, float]]:

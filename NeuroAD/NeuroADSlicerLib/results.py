@@ -21,6 +21,7 @@ from .mrml import (
 )
 
 MAP_DISPLAY_PERCENTILE = 99.9  # the colour scale's top: robust to a few extreme voxels
+CONSENSUS_FILE = "consensus.nii.gz"  # written by the engine when several methods ran
 
 
 @dataclass
@@ -96,6 +97,21 @@ def loadMethodResult(inputVolume, folder: Path) -> ResultNodes:
         setProvenanceAttributes(node, report)
         placeInStudy(node, inputVolume)
     return result
+
+
+def loadConsensus(inputVolume, outFolder: Path):
+    """The "<input> consensus" volume (how many methods flag each voxel at their calibrated
+    thresholds), coloured from 1 to the number of methods with 0 hidden, in the input's
+    study; None when the run had a single method."""
+    path = Path(outFolder) / CONSENSUS_FILE
+    if not path.is_file():
+        return None
+    scene = inputVolume.GetScene()
+    counts = readArrayOnGeometry(path, inputVolume).astype(np.float32)
+    node = volumeNodeFromArray(scene, counts, f"{inputVolume.GetName()} consensus", inputVolume)
+    showAnomalyMap(node, anomalyColorTable(scene), 0.5, max(float(counts.max()), 1.0))
+    placeInStudy(node, inputVolume)
+    return node
 
 
 def _displayMaximum(mapArray: np.ndarray) -> float:

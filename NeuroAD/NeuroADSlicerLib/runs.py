@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from .mrml import writeMaskFile, writeVolumeFile
-from .results import ResultNodes, loadResults
+from .results import ResultNodes, loadConsensus, loadResults
 from .worker import WORKER_MODULE, WorkerProcess, WorkerSettings
 
 STOP_FILE = "stop"
@@ -224,6 +224,7 @@ class SceneRun:
         self.folder: Path | None = None
         self.run: WorkerRun | None = None
         self.results: dict[str, ResultNodes] = {}
+        self.consensus = None  # the consensus volume node when several methods ran
         self._closed = False
 
     def start(self) -> None:
@@ -291,6 +292,7 @@ class SceneRun:
     def _load(self) -> None:
         try:
             self.results = loadResults(self.inputVolume, self.folder / "out", self.methods)
+            self.consensus = loadConsensus(self.inputVolume, self.folder / "out")
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             self.run.state = RunState.FAILED
             self.run.error = RunError(f"The outputs could not be loaded: {error}", 1,

@@ -21,14 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..progress import StepCallback
 from .gaussian import GaussianDiffusion
 
 # model(z, index) -> [eps, v] with the covariates already bound. Timestep indices are 0-based
 # as in the diffusion arrays: index i is the noise level of z_{i+1}, so z_U has index U - 1.
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# on_step(done, total) after every reverse step: progress reports, and cancellation (it may
-# raise to stop the sampling).
-StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from ..gridpack import is_pack, read_grid_file, read_pack
 from ..methods import LoadedMethod
-from ..postprocessing import abnormality_index, binarize, zscore_map
+from ..postprocessing import abnormality_index, binarize
+from ..subject import Subject
 from . import metrics
 
 # The normative check moves ages towards the other end of the adult range, so that the wrong
@@ -63,9 +64,9 @@ class CaseVolumes:
 def case_metrics(anomaly: np.ndarray, brain: np.ndarray, lesion: np.ndarray | None,
                  method: LoadedMethod, voxel_ml: float = 0.008) -> dict:
     """Every per-case figure of one anomaly map (`voxel_ml`: the grid's voxel volume)."""
-    threshold = method.calibration.threshold
+    threshold = method.calibration.output_threshold
     segmentation = binarize(anomaly, threshold, brain)
-    z = zscore_map(anomaly, method.calibration.reference)
+    z = method.calibration.index_zmap(anomaly)
     result = {"flagged_fraction": float(segmentation.sum() / brain.sum()),
               "flagged_ml": float(segmentation.sum() * voxel_ml),
               "abnormality_index": abnormality_index(
@@ -109,8 +110,8 @@ def evaluate(methods: dict[str, LoadedMethod], manifest: str | os.PathLike,
         brain = volumes.read(case, "brain_mask")
         if not map_path.is_file():
             age = shifted_age(float(case["age"]), age_shift) if case["age"] else None
-            anomaly = method.anomaly_map(volumes.read(case, "image"), brain, age,
-                                         case["sex"] or None)
+            anomaly = method.anomaly_map(volumes.read(case, "image"), brain,
+                                         Subject(age, case["sex"] or None))
             np.save(map_path, anomaly.astype(np.float16))
         anomaly = np.load(map_path).astype(np.float32)  # the saved values: resumes agree
         rows.append({"method": name, "case": case["case"], "kind": case["kind"],
@@ -121,7 +122,7 @@ def evaluate(methods: dict[str, LoadedMethod], manifest: str | os.PathLike,
     (out / "summary.md").write_text(markdown_table(summary))
     for name in methods:
         lesion_rows = [r for r in rows if r["method"] == name and "ap" in r]
-        _best_and_worst(name, methods[name].calibration.threshold, lesion_rows, volumes, out)
+        _best_and_worst(name, methods[name].calibration.output_threshold, lesion_rows, volumes, out)
     return out
 
 
@@ -143,7 +144,8 @@ def summarise(rows: list[dict], methods: dict[str, LoadedMethod]) -> dict:
         healthy = [r["abnormality_index"] for r in mine if r["kind"] == "healthy"]
         lesioned = [r["abnormality_index"] for r in mine if r["kind"] == "synthetic"]
         summary[name] = {
-            "threshold": method.calibration.threshold,
+            "threshold": method.calibration.output_threshold,
+            "map": method.calibration.map_kind,
             "threshold_rule": f"healthy-calibrated: at most {method.calibration.fpr:.1%} of "
                               "healthy validation brain voxels above it",
             "by_kind": per_kind,

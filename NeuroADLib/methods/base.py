@@ -1,17 +1,29 @@
-"""What every method provides, its calibration, and loading a method by name."""
+"""What every method provides (`AnomalyModel`), its calibration, and loading a method by name
+through the loader the registry names for it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ModelError, UsageError
-from ..postprocessing import ReferenceStatistics, healthy_calibrated_threshold
+from ..errors import ModelError, OptionError
+from ..postprocessing import (
+    ReferenceStatistics,
+    healthy_calibrated_threshold,
+    normative_map,
+    normative_threshold,
+    zscore_map,
+)
 from ..preprocessing.harmonisation import IntensityStandard, out_of_distribution
+from ..progress import StepCallback
+from ..subject import UNKNOWN, Subject
 from .registry import METHODS
 
 CALIBRATION = "calibration"
@@ -21,29 +33,91 @@ HEALTHY_FPR = 0.01
 INDEX_TOP_FRACTION = 0.01
 
 
+@runtime_checkable
+class AnomalyModel(Protocol):
+    """The contract of every method's model, the object its registry loader builds
+    (`loader(folder, name, options)`) and `LoadedMethod` wraps.
+
+    `predict(image, brain, subject, on_step)` takes a grid image (normalised and harmonised,
+    (z, y, x)), its brain mask of the same shape, and the `Subject` the scan is of (a method
+    uses the covariates it knows, and runs without the unknown ones). It returns
+    (anomaly map, pseudo-healthy image): float32 arrays of the grid's shape, zero outside the
+    brain. `on_step(done, total)` is called at least once (after the last step at the latest),
+    with `done` never decreasing; it may raise to cancel, and `predict` lets that exception
+    through. The same input with the same options gives the same output (sampling is seeded).
+    A model that holds tensors also has `to(device)`, which `LoadedMethod.to` calls.
+    `Testing/test_method_contract.py` holds every registered family to this contract.
+    """
+
+    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject,
+                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+MAP_KINDS = ("raw", "normative")
+
+
 @dataclass
 class Calibration:
     """Label-free calibration from healthy validation subjects: the anomaly-map threshold that
-    at most `fpr` of their brain voxels exceed, and the reference statistics of the CADD-style
-    abnormality index."""
+    at most `fpr` of their brain voxels exceed, the reference statistics of the CADD-style
+    abnormality index, and the same threshold for the method's normative map (its map as a
+    z-map against these statistics, postprocessing/normative.py). `map_kind` says which map
+    the method outputs: "raw" or "normative"."""
 
     threshold: float
     fpr: float
     reference: ReferenceStatistics
     # [min, max] share of a healthy validation brain above the threshold (None: not recorded)
     healthy_flagged_range: list[float] | None = None
+    normative_threshold: float | None = None
+    normative_flagged_range: list[float] | None = None
+    map_kind: str = "raw"
 
     @classmethod
     def from_healthy_maps(cls, maps: list[np.ndarray], masks: list[np.ndarray],
-                          fpr: float = HEALTHY_FPR, top_fraction: float = INDEX_TOP_FRACTION
-                          ) -> Calibration:
-        """The one calibration of every method, from its maps of healthy validation scans."""
+                          fpr: float = HEALTHY_FPR, top_fraction: float = INDEX_TOP_FRACTION,
+                          map_kind: str = "raw") -> Calibration:
+        """The one calibration of every method, from its maps of healthy validation scans
+        (the normative threshold needs at least three)."""
         threshold = healthy_calibrated_threshold(maps, masks, fpr)
         flagged = [float((m[mask > 0] > threshold).mean()) for m, mask in zip(maps, masks,
                                                                                strict=True)]
-        return cls(threshold, fpr, ReferenceStatistics.from_healthy_maps(maps, masks,
-                                                                         top_fraction),
-                   [min(flagged), max(flagged)])
+        calibration = cls(threshold, fpr, ReferenceStatistics.from_healthy_maps(
+            maps, masks, top_fraction), [min(flagged), max(flagged)], map_kind=map_kind)
+        if len(maps) >= 3:  # leave-one-out needs two others to take statistics from
+            normative, normative_flagged = normative_threshold(maps, masks, fpr, top_fraction)
+            calibration.normative_threshold = normative
+            calibration.normative_flagged_range = [min(normative_flagged),
+                                                   max(normative_flagged)]
+        return calibration.with_map(map_kind)
+
+    def with_map(self, kind: str) -> Calibration:
+        """This calibration with the method outputting the `kind` map."""
+        if kind not in MAP_KINDS:
+            raise ValueError(f"Unknown map kind {kind!r}; kinds: {', '.join(MAP_KINDS)}.")
+        if kind == "normative" and self.normative_threshold is None:
+            raise ModelError("This model's calibration has no normative threshold; recalibrate "
+                             "it with `neuroad train` to use normative maps.")
+        return replace(self, map_kind=kind)
+
+    def output_map(self, raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        """The map the method outputs: its raw map, or its normative map."""
+        if self.map_kind == "raw":
+            return raw
+        return normative_map(raw, self.reference, brain)
+
+    @property
+    def output_threshold(self) -> float:
+        return self.threshold if self.map_kind == "raw" else self.normative_threshold
+
+    @property
+    def output_flagged_range(self) -> list[float] | None:
+        return (self.healthy_flagged_range if self.map_kind == "raw"
+                else self.normative_flagged_range)
+
+    def index_zmap(self, output: np.ndarray) -> np.ndarray:
+        """The z-map the abnormality index is taken over: a normative map already is one."""
+        return output if self.map_kind == "normative" else zscore_map(output, self.reference)
 
     def save(self, folder: Path, name: str = CALIBRATION) -> None:
         """`name`.json and `name`.safetensors. The voxel statistics are stored in half
@@ -60,6 +134,8 @@ class Calibration:
             "index_mean": self.reference.index_mean, "index_std": self.reference.index_std,
             "top_fraction": self.reference.top_fraction,
             "healthy_flagged_range": self.healthy_flagged_range,
+            "normative_threshold": self.normative_threshold,
+            "normative_flagged_range": self.normative_flagged_range, "map": self.map_kind,
             "shape": list(self.reference.std.shape)}, indent=2))
 
     @classmethod
@@ -78,7 +154,9 @@ class Calibration:
         mean[covered], std[covered] = arrays["mean"], arrays["std"]
         reference = ReferenceStatistics(mean, std, meta["index_mean"], meta["index_std"],
                                         meta["top_fraction"])
-        return cls(meta["threshold"], meta["fpr"], reference, meta.get("healthy_flagged_range"))
+        return cls(meta["threshold"], meta["fpr"], reference, meta.get("healthy_flagged_range"),
+                   meta.get("normative_threshold"), meta.get("normative_flagged_range"),
+                   meta.get("map", "raw"))
 
 
 @dataclass
@@ -99,34 +177,37 @@ class LoadedMethod:
 
     name: str
     contrast: str
-    model: object
+    model: AnomalyModel
     calibration: Calibration
     standard: IntensityStandard | None = None
 
-    def run(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-            sex: str | None = None, on_step=None) -> Prediction:
-        """Harmonise the scan to the model's intensity standard, then the model. `on_step(done,
-        total)` hears of the method's inner steps (diffusion sampling) and may raise to stop."""
+    def run(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+            on_step: StepCallback | None = None) -> Prediction:
+        """Harmonise the scan to the model's intensity standard, then the model; the anomaly
+        map is the calibration's output map (raw or normative). `on_step(done, total)` hears
+        of the method's inner steps (diffusion sampling) and may raise to stop."""
         if self.standard is None:
-            anomaly, healthy = self.model.predict(image, brain, age, sex, on_step)
-            return Prediction(anomaly, healthy, {"applied": False})
+            anomaly, healthy = self.model.predict(image, brain, subject, on_step)
+            return Prediction(self.calibration.output_map(anomaly, brain), healthy,
+                              {"applied": False})
         harmonised, gain = self.standard.harmonise(image, brain)
-        anomaly, healthy = self.model.predict(harmonised, brain, age, sex, on_step)
+        anomaly, healthy = self.model.predict(harmonised, brain, subject, on_step)
         statistics = self.standard.statistics(image, harmonised, brain, gain)
-        return Prediction(anomaly, (healthy / gain * brain).astype(np.float32), {
+        return Prediction(self.calibration.output_map(anomaly, brain),
+                          (healthy / gain * brain).astype(np.float32), {
             "applied": True, "method": "intensity profile matching to the training cohort",
             "config": asdict(self.standard.config), "statistics": statistics,
             "checks": out_of_distribution(statistics, self.standard.healthy_ranges)})
 
-    def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                sex: str | None = None, on_step=None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(anomaly map, pseudo-healthy image) on the grid, computed once."""
-        prediction = self.run(image, brain, age, sex, on_step)
+        prediction = self.run(image, brain, subject, on_step)
         return prediction.anomaly, prediction.healthy
 
-    def anomaly_map(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                    sex: str | None = None) -> np.ndarray:
-        return self.predict(image, brain, age, sex)[0]
+    def anomaly_map(self, image: np.ndarray, brain: np.ndarray,
+                    subject: Subject = UNKNOWN) -> np.ndarray:
+        return self.predict(image, brain, subject)[0]
 
     def to(self, device: str) -> LoadedMethod:
         """Move a torch method to a device (numpy methods run where they are)."""
@@ -135,29 +216,43 @@ class LoadedMethod:
         return self
 
 
+Loader = Callable[[Path, str, dict], AnomalyModel]
+
+
+def resolve_loader(target: str) -> Loader:
+    """The function an import string "package.module:function" names; ModelError saying what
+    does not resolve (a malformed string, a missing module, a missing function)."""
+    module_name, _, function = target.partition(":")
+    if not module_name or not function.isidentifier():
+        raise ModelError(f"Method loader {target!r} is not of the form "
+                         "'package.module:function'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not (module_name + ".").startswith(error.name + "."):
+            raise  # the module exists, one of its dependencies does not
+        raise ModelError(f"Method loader {target!r}: there is no module {module_name}.") \
+            from None
+    loader = getattr(module, function, None)
+    if not callable(loader):
+        raise ModelError(f"Method loader {target!r}: {module_name} has no function "
+                         f"{function}.")
+    return loader
+
+
 def load_method(name: str, folder: str | os.PathLike, options: dict | None = None
                 ) -> LoadedMethod:
-    """Load a trained method from its model folder, with options (see the registry) that
-    override its defaults."""
+    """Load a trained method from its bundle folder, with options (see the registry) that
+    override its defaults: the registry's loader for the method builds its model, and the
+    bundle's calibration and intensity standard come with it."""
     folder = Path(folder)
     if name not in METHODS:
         raise ModelError(f"Unknown method {name!r}; available: {', '.join(METHODS)}.")
     info = METHODS[name]
     unknown = set(options or {}) - set(info.options)
     if unknown:
-        raise UsageError(f"{name} has no option {', '.join(sorted(unknown))}; its options: "
-                         f"{', '.join(info.options) or 'none'}.")
-    if info.family == "zscore":
-        from .zscore import VoxelNormativeModel
-
-        return LoadedMethod(name, info.contrast, VoxelNormativeModel.load(folder),
-                            Calibration.load(folder), IntensityStandard.load(folder))
-    from ..diffusion.inpainting import InpaintingSettings
-    from .cadd import load_cadd
-
-    model = load_cadd(folder, name)
-    if options:
-        model.settings = InpaintingSettings(**{**vars(model.settings), **options})
-    return LoadedMethod(name, info.contrast, model,
-                        Calibration.load(folder, f"calibration_{name}"),
+        raise OptionError(f"{name} has no option {', '.join(sorted(unknown))}; its options: "
+                          f"{', '.join(info.options) or 'none'}.")
+    model = resolve_loader(info.loader)(folder, name, dict(options or {}))
+    return LoadedMethod(name, info.contrast, model, Calibration.load(folder, info.calibration),
                         IntensityStandard.load(folder))

@@ -23,14 +23,15 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..diffusion.inpainting import (
     InpaintingSettings,
-    StepCallback,
     kl_guided_inpainting,
     kl_maps,
     reconstruct,
 )
 from ..errors import UsageError
-from ..networks.autoencoder import decode_volume, encode_volume
+from ..networks.autoencoder import decode_volume, encode_volume, load_autoencoder
 from ..networks.latte import LatteConfig, LatteTransformer
+from ..progress import StepCallback
+from ..subject import UNKNOWN, Subject
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,11 @@ class CADDModel:
         self.device = device
         return self
 
-    def denoiser(self, age: float | None, sex: str | None):
+    def denoiser(self, subject: Subject):
         """The network with this subject's covariates bound (or none, for the variants
-        without covariates)."""
-        use = self.variant.covariates and age is not None and sex in ("F", "M")
+        without covariates and where the age or sex is unknown)."""
+        age, sex = subject.age, subject.sex
+        use = self.variant.covariates and age is not None and sex is not None
 
         def model(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n, device = len(t), z.device
@@ -106,11 +108,10 @@ class CADDModel:
         return encode_volume(self.autoencoder, x) * self.latent_scale
 
     @torch.no_grad()
-    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                       sex: str | None = None, on_step: StepCallback | None = None
-                       ) -> np.ndarray:
+    def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+                       on_step: StepCallback | None = None) -> np.ndarray:
         z0 = self.encode(image)
-        model = self.denoiser(age, sex)
+        model = self.denoiser(subject)
         levels = self.settings.levels if self.variant.all_levels else [self.settings.t_int]
         if self.variant.inpaint:
             latent = kl_guided_inpainting(self.diffusion, model, z0, self.settings,
@@ -122,16 +123,15 @@ class CADDModel:
         decoded = decode_volume(self.autoencoder, latent / self.latent_scale)[0, 0].cpu().numpy()
         return (np.clip(decoded, 0.0, 1.0) * brain).astype(np.float32)
 
-    def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                sex: str | None = None, on_step: StepCallback | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(|x - x^| inside the brain, x^); `on_step` hears of every sampling step."""
-        healthy = self.pseudo_healthy(image, brain, age, sex, on_step)
+        healthy = self.pseudo_healthy(image, brain, subject, on_step)
         return (np.abs(image - healthy) * brain).astype(np.float32), healthy
 
 
-def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor], ages: list,
-                          sexes: list) -> dict[str, torch.Tensor]:
+def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor],
+                          subjects: list[Subject]) -> dict[str, torch.Tensor]:
     """KL_{P95}^{val}(U): per level and latent position, the percentile (the model's
     `settings.percentile`) of KL_U over healthy validation latents, with covariates
     ("covariates") and without ("none"), at every level_step up to T, so that any T_int up to
@@ -141,19 +141,18 @@ def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor], ages: l
     table = {LEVELS_KEY: torch.tensor(settings.levels)}
     for key, variant in (("covariates", "cadd"), ("none", "cadd_nocov")):
         denoiser = replace(model, variant=VARIANTS[variant]).denoiser
-        maps = torch.stack([kl_maps(model.diffusion, denoiser(age, sex), z0, settings)
-                            for z0, age, sex in zip(latents, ages, sexes, strict=True)])
+        maps = torch.stack([kl_maps(model.diffusion, denoiser(subject), z0, settings)
+                            for z0, subject in zip(latents, subjects, strict=True)])
         table[key] = torch.quantile(maps, settings.percentile / 100.0, dim=0
                                     ).half().float().contiguous()
     return table
 
 
-def load_cadd(folder: str | Path, variant: str, settings: InpaintingSettings | None = None
-              ) -> CADDModel:
-    """A CADD variant from its bundle folder: autoencoder/, transformer/, kl percentiles."""
+def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> CADDModel:
+    """A CADD variant from its bundle folder (autoencoder/, transformer/, kl percentiles), with
+    the inference settings the bundle records overridden by `options` (the registry's loader
+    of the cadd family)."""
     from safetensors.torch import load_file
-
-    from ..training.latent_diffusion import load_autoencoder
 
     folder = Path(folder)
     autoencoder, _ = load_autoencoder(folder / "autoencoder")
@@ -169,7 +168,7 @@ def load_cadd(folder: str | Path, variant: str, settings: InpaintingSettings | N
                        for key, value in load_file(str(folder / PERCENTILES_FILE)).items()}
     bundle = json.loads((folder / "manifest.json").read_text()) if (
         folder / "manifest.json").is_file() else {}
-    settings = settings or InpaintingSettings(**bundle.get("inference", {}))
+    settings = InpaintingSettings(**{**bundle.get("inference", {}), **(options or {})})
     return CADDModel(autoencoder, transformer.eval(), float(manifest["latent_scale"]),
                      settings, VARIANTS[variant], percentiles, GaussianDiffusion())
 

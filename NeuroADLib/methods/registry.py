@@ -1,6 +1,7 @@
 """The one list of methods (torch-free, so the GUI and the command line start fast): what each
-method is, the contrast and covariates it uses, the options it takes with their defaults, and
-each option's type and valid range (`validate_options`).
+method is, the function that loads it from its bundle (an import string), the contrast and
+covariates it uses, the options it takes with their defaults, and each option's type and valid
+range (`validate_options`).
 
 Nothing here imports the rest of the package (the Slicer module loads this file alone), so an
 invalid option is a ValueError; the engine's entry points turn it into an OptionError.
@@ -68,34 +69,63 @@ CADD_OPTION_SPECS = {
 
 @dataclass(frozen=True)
 class MethodInfo:
+    """A method: its `family` (the methods one bundle and one loader serve), the `loader` that
+    builds its model from a bundle folder ("package.module:function", called as
+    `function(folder, name, options)`; see `methods.base.load_method`), the `covariates` it
+    conditions on (`Subject` field names), its `options` with their defaults and specs, and the
+    stem of its `calibration` files in the bundle."""
+
     name: str
     description: str
     family: str
+    loader: str
     contrast: str = "t1"
     covariates: tuple[str, ...] = ()
     options: dict = field(default_factory=dict)
     option_specs: dict = field(default_factory=dict)
+    calibration: str = "calibration"
+
+
+# MAD-AD's inference knobs and the paper's defaults (MADADSettings mirrors them; a test keeps
+# the two equal). Its diffusion has T = 10 levels.
+MAD_AD_OPTIONS = {"steps": 10, "eta": 0.5, "gamma": 0.25, "smoothing_sigma_mm": 4.0,
+                  "mask_threshold": 0.5, "seed": 42}
+MAD_AD_OPTION_SPECS = {
+    "steps": OptionSpec(int, 1, 10),
+    "eta": OptionSpec(float, 0, 1),
+    "gamma": OptionSpec(float, 0, 1, open_range=True),
+    "smoothing_sigma_mm": OptionSpec(float, 0, 20),
+    "mask_threshold": OptionSpec(float, 0, 1),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
+
+ZSCORE_LOADER = "NeuroADLib.methods.zscore:load_zscore"
+CADD_LOADER = "NeuroADLib.methods.cadd:load_cadd"
+
+
+def _cadd(name: str, description: str, covariates: tuple[str, ...] = ()) -> MethodInfo:
+    """A method of the CADD bundle: CADD's options, its own calibration in the bundle."""
+    return MethodInfo(name, description, "cadd", CADD_LOADER, covariates=covariates,
+                      options=CADD_OPTIONS, option_specs=CADD_OPTION_SPECS,
+                      calibration=f"calibration_{name}")
 
 
 METHODS = {
     "zscore": MethodInfo("zscore", "Voxel-wise normative intensity model: |z| against healthy "
                          "subjects of the same age (classical baseline).", "zscore",
-                         covariates=("age",)),
-    "cadd": MethodInfo("cadd", "CADD: conditional latent diffusion with KL-guided inpainting "
-                       "(Algorithm 1), normative for age and sex.", "cadd",
-                       covariates=("age", "sex"), options=CADD_OPTIONS,
-                       option_specs=CADD_OPTION_SPECS),
-    "cadd_nocov": MethodInfo("cadd_nocov", "CADD without covariates (ablation).", "cadd",
-                             options=CADD_OPTIONS, option_specs=CADD_OPTION_SPECS),
-    "cadd_noinpaint": MethodInfo("cadd_noinpaint", "CADD without inpainting: average of "
-                                 "reconstructions over noise levels (ablation).", "cadd",
-                                 covariates=("age", "sex"), options=CADD_OPTIONS,
-                                 option_specs=CADD_OPTION_SPECS),
-    "ldm": MethodInfo("ldm", "Latent diffusion reconstruction from T_int (baseline).", "cadd",
-                      options=CADD_OPTIONS, option_specs=CADD_OPTION_SPECS),
-    "ldm_tavg": MethodInfo("ldm_tavg", "Latent diffusion averaged over noise levels "
-                           "(baseline).", "cadd", options=CADD_OPTIONS,
-                           option_specs=CADD_OPTION_SPECS),
+                         ZSCORE_LOADER, covariates=("age",)),
+    "cadd": _cadd("cadd", "CADD: conditional latent diffusion with KL-guided inpainting "
+                  "(Algorithm 1), normative for age and sex.", ("age", "sex")),
+    "cadd_nocov": _cadd("cadd_nocov", "CADD without covariates (ablation)."),
+    "cadd_noinpaint": _cadd("cadd_noinpaint", "CADD without inpainting: average of "
+                            "reconstructions over noise levels (ablation).", ("age", "sex")),
+    "ldm": _cadd("ldm", "Latent diffusion reconstruction from T_int (baseline)."),
+    "ldm_tavg": _cadd("ldm_tavg", "Latent diffusion averaged over noise levels (baseline)."),
+    "mad_ad": MethodInfo("mad_ad", "MAD-AD: masked latent diffusion on axial slices; the mask "
+                         "head finds anomalous latent patches and only those are denoised.",
+                         "mad_ad", "NeuroADLib.methods.mad_ad:load_mad_ad",
+                         options=MAD_AD_OPTIONS, option_specs=MAD_AD_OPTION_SPECS,
+                         calibration="calibration_mad_ad"),
 }
 
 

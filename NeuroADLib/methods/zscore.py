@@ -22,6 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..preprocessing.intensity import brain_quantiles, standardise
+from ..progress import StepCallback
+from ..subject import UNKNOWN, Subject
 
 MIN_STD = 0.02  # floor of the per-voxel std (normalised intensity units)
 
@@ -89,18 +91,22 @@ class VoxelNormativeModel:
             return self.mean
         return self.mean + self.age_slope * np.float32(age - self.mean_age)
 
-    def predict(self, image: np.ndarray, brain: np.ndarray, age: float | None = None,
-                sex: str | None = None, on_step=None) -> tuple[np.ndarray, np.ndarray]:
-        """(|z| map, the expected healthy image) inside the brain (one step: `on_step` is not
-        called)."""
-        return self.anomaly_map(image, brain, age, sex), self.expected(age) * brain
+    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(|z| map, the expected healthy image at the subject's age) inside the brain, in one
+        step (`on_step(1, 1)` once it is done)."""
+        anomaly = self.anomaly_map(image, brain, subject)
+        healthy = (self.expected(subject.age) * (brain > 0)).astype(np.float32)
+        if on_step is not None:
+            on_step(1, 1)
+        return anomaly, healthy
 
     def anomaly_map(self, image: np.ndarray, brain: np.ndarray,
-                    age: float | None = None, sex: str | None = None) -> np.ndarray:
+                    subject: Subject = UNKNOWN) -> np.ndarray:
         """|z| inside the brain and the model's support, 0 elsewhere."""
         if self.config.standardise_intensities:
             image = standardise(image, brain, self.reference_quantiles)
-        z = (_smooth(image, self.config) - self.expected(age)) / self.std
+        z = (_smooth(image, self.config) - self.expected(subject.age)) / self.std
         return (np.abs(z) * (brain.astype(bool) & self.support)).astype(np.float32)
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -139,6 +145,11 @@ class VoxelNormativeModel:
         std[support] = arrays["std"]
         return cls(mean, std, slope, float(meta["mean_age"]), support,
                    ZScoreConfig(**meta["config"]), arrays["reference_quantiles"])
+
+
+def load_zscore(folder: Path, name: str, options: dict) -> VoxelNormativeModel:
+    """The registry's loader of the zscore family (it takes no options)."""
+    return VoxelNormativeModel.load(folder)
 
 
 def _half(array: np.ndarray) -> np.ndarray:

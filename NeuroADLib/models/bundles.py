@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from ..training.provenance import CHECKPOINT, sha256
+from ..hashing import sha256
 
 BUNDLED = Path(__file__).parent / "bundled"
+CHECKPOINT = "checkpoint"  # a trained model's folder of training state (not part of a bundle)
 STORE_VARIABLE = "NEUROAD_MODELS"
 MANIFEST = "manifest.json"
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import ModelError, UsageError
-from ..training.provenance import sha256 as file_sha256
+from ..hashing import sha256 as file_sha256
 from .bundles import Bundle, _read, check_bundle_id, store_folder, verify_bundle
 
 CHUNK = 1 << 20

@@ -10,7 +10,16 @@ blocks per level, 8x) for a GPU and 1 mm or 1.5 mm grids.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 # Whole volumes are coded in windows of the training patch size, blended with Gaussian weights:
 # GroupNorm statistics of a whole 2 mm volume (three quarters background) differ from those of
@@ -27,9 +36,15 @@ class AutoencoderConfig:
     latent_channels: int = 3
     norm_num_groups: int = 8
     attention_at_deepest_level: bool = False
+    spatial_dims: int = 3  # 2 for the slice methods (MAD-AD)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, config: dict) -> AutoencoderConfig:
+        """The inverse of `to_dict` (the config a manifest records)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
 AUTOENCODER_CONFIGS = {
@@ -41,14 +56,15 @@ AUTOENCODER_CONFIGS = {
 
 
 def build_autoencoder(config: AutoencoderConfig):
-    """A 3D AutoencoderKL with `len(channels) - 1` halvings (4x for three levels, 8x for
-    four)."""
+    """An AutoencoderKL (3D, or 2D for slices) with `len(channels) - 1` halvings (4x for three
+    levels, 8x for four)."""
     from monai.networks.nets import AutoencoderKL
 
     levels = len(config.channels)
     attention = (False,) * (levels - 1) + (config.attention_at_deepest_level,)
     autoencoder = AutoencoderKL(
-        spatial_dims=3, in_channels=1, out_channels=1, channels=config.channels,
+        spatial_dims=config.spatial_dims, in_channels=1, out_channels=1,
+        channels=config.channels,
         num_res_blocks=(config.num_res_blocks,) * levels, attention_levels=attention,
         latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups,
         with_encoder_nonlocal_attn=config.attention_at_deepest_level,
@@ -56,6 +72,25 @@ def build_autoencoder(config: AutoencoderConfig):
     )
     autoencoder.downsampling = 2 ** (levels - 1)
     return autoencoder
+
+
+def load_autoencoder(folder: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """The trained autoencoder of a folder (manifest.json + autoencoder.safetensors) and its
+    manifest, built from the architecture the manifest records (`config`), not from today's
+    named configs, so that a bundle loads as it was trained."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    try:
+        config = AutoencoderConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError) as error:
+        raise ModelError(f"The autoencoder manifest in {folder} does not record a usable "
+                         f"architecture ('config': {error}); rebuild or re-fetch the model.") \
+            from None
+    autoencoder = build_autoencoder(config)
+    autoencoder.load_state_dict(load_file(str(folder / "autoencoder.safetensors")))
+    return autoencoder.eval(), manifest
 
 
 def encode_volume(autoencoder, x, window: int = WINDOW):
@@ -75,9 +110,9 @@ def decode_volume(autoencoder, z, window: int = WINDOW):
                                     overlap=WINDOW_OVERLAP, mode="gaussian")
 
 
-def build_discriminator(channels: int = 16):
+def build_discriminator(channels: int = 16, spatial_dims: int = 3):
     """The patch discriminator of the adversarial term (MONAI PatchDiscriminator)."""
     from monai.networks.nets import PatchDiscriminator
 
-    return PatchDiscriminator(spatial_dims=3, num_layers_d=3, channels=channels, in_channels=1,
-                              out_channels=1)
+    return PatchDiscriminator(spatial_dims=spatial_dims, num_layers_d=3, channels=channels,
+                              in_channels=1, out_channels=1)

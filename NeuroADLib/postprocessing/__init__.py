@@ -9,6 +9,7 @@ from .filters import (
     remove_small_components,
     shift_aligned_residual,
 )
+from .normative import leave_one_out_normative_maps, normative_map, normative_threshold
 from .scores import (
     ReferenceStatistics,
     abnormality_index,
@@ -37,9 +38,12 @@ __all__ = [
     "gaussian_smooth",
     "healthy_calibrated_threshold",
     "index_zscore",
+    "leave_one_out_normative_maps",
     "max_score",
     "mean_score",
     "median_filter",
+    "normative_map",
+    "normative_threshold",
     "percentile_threshold",
     "quantile_mean",
     "remove_small_components",

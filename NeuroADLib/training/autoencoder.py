@@ -12,7 +12,6 @@ every `checkpoint_every` steps and resumed automatically.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,8 @@ from ..networks.autoencoder import (
 )
 from .data import CohortSplit, load_split
 from .harmonisation import augmented_split
-from .provenance import CHECKPOINT, half_precision, write_manifest
+from .loop import LoopSettings, run_training
+from .provenance import half_precision, write_manifest
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,10 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     manifest. `cohort_dir` is a prepared cohort folder or its grid pack."""
     import torch
     from monai.losses import PatchAdversarialLoss
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     training = training or AutoencoderTraining()
     cohort, out = Path(cohort_dir), Path(out)
-    checkpoint = out / CHECKPOINT
-    checkpoint.mkdir(parents=True, exist_ok=True)
     train = load_split(cohort, "train")
     if training.acquisition_copies:
         augmented = augmented_split(train, training.acquisition_copies, training.seed)
@@ -113,24 +111,8 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     optimiser_g = torch.optim.Adam(autoencoder.parameters(), lr=training.learning_rate)
     optimiser_d = torch.optim.Adam(discriminator.parameters(), lr=training.learning_rate)
     adversarial = PatchAdversarialLoss(criterion="least_squares")
-    start_step, history = 0, []
-    if (checkpoint / "state.json").is_file():
-        state = json.loads((checkpoint / "state.json").read_text())
-        autoencoder.load_state_dict(load_file(str(checkpoint / "autoencoder.safetensors"),
-                                              device=device))
-        discriminator.load_state_dict(load_file(str(checkpoint / "discriminator.safetensors"),
-                                                device=device))
-        optimisers = torch.load(checkpoint / "optimisers.pt", weights_only=True,
-                                map_location=device)
-        optimiser_g.load_state_dict(optimisers["g"])
-        optimiser_d.load_state_dict(optimisers["d"])
-        start_step, history = state["step"], state["history"]
-        log(f"resumed at step {start_step}")
 
-    began = time.perf_counter()
-    for step in range(start_step, training.steps):
-        rng = np.random.default_rng([training.seed, step])
-        torch.manual_seed(training.seed * 1_000_003 + step)
+    def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
         batch = np.stack([random_patch(images, masks, training.patch, rng)
                           for _ in range(training.batch_size)])
         x = torch.from_numpy(batch[:, None].astype(np.float32)).to(device)
@@ -138,7 +120,7 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
         l1 = (reconstruction - x).abs().mean()
         kl = kl_divergence(mu, sigma)
         loss = l1 + training.kl_weight * kl
-        use_adversary = step >= training.adversarial_start
+        use_adversary = number >= training.adversarial_start
         if use_adversary:
             fake = discriminator(reconstruction.contiguous().float())[-1]
             loss = loss + training.adversarial_weight * adversarial(
@@ -156,19 +138,13 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
             optimiser_d.zero_grad(set_to_none=True)
             d_loss.backward()
             optimiser_d.step()
-        history.append([step, l1.item(), kl.item(), d_loss.item()])
-        if (step + 1) % training.log_every == 0:
-            recent = np.array(history[-training.log_every:])
-            log(f"step {step + 1}/{training.steps}  l1 {recent[:, 1].mean():.4f}  "
-                f"kl {recent[:, 2].mean():.1f}  d {recent[:, 3].mean():.5f}  "
-                f"{(time.perf_counter() - began) / (step + 1 - start_step):.2f} s/step")
-        if (step + 1) % training.checkpoint_every == 0 or step + 1 == training.steps:
-            save_file(autoencoder.state_dict(), str(checkpoint / "autoencoder.safetensors"))
-            save_file(discriminator.state_dict(), str(checkpoint / "discriminator.safetensors"))
-            torch.save({"g": optimiser_g.state_dict(), "d": optimiser_d.state_dict()},
-                       checkpoint / "optimisers.pt")
-            (checkpoint / "state.json").write_text(json.dumps({"step": step + 1,
-                                                               "history": history}))
+        return {"l1": l1.item(), "kl": kl.item(), "d": d_loss.item()}
+
+    began = time.perf_counter()
+    run_training(out, {"autoencoder": autoencoder, "discriminator": discriminator},
+                 {"g": optimiser_g, "d": optimiser_d}, step,
+                 LoopSettings(training.steps, training.seed, training.checkpoint_every,
+                              training.log_every), log)
 
     autoencoder.load_state_dict(half_precision(autoencoder.state_dict()))  # as shipped
     autoencoder.eval()

@@ -4,6 +4,7 @@ calibration per variant (CADD and its baselines and ablations)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -23,6 +24,7 @@ from ..methods.cadd import (
     cohort_kl_percentiles,
     load_cadd,
 )
+from ..subject import Subject
 from .autoencoder import reconstruction_quality
 from .data import load_split
 from .harmonisation import cohort_grid, fit_cohort_standard
@@ -66,25 +68,42 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     del train
     standard.save(out)
     images, masks, subjects = validation.images, validation.masks, validation.subjects
-    ages, sexes = validation.ages, validation.sexes
+    people = [Subject(age, sex) for age, sex in zip(validation.ages, validation.sexes,
+                                                    strict=True)]
 
     start = time.perf_counter()
     # the two stages, loaded once for every variant
-    trained = load_cadd(out, "cadd", settings).to(device)
+    trained = load_cadd(out, "cadd", asdict(settings)).to(device)
     latents = [trained.encode(image) for image in images]
-    percentiles = cohort_kl_percentiles(trained, latents, ages, sexes)
+    percentiles = cohort_kl_percentiles(trained, latents, people)
     save_file({k: v.cpu() if k == LEVELS_KEY else v.half().cpu()
                for k, v in percentiles.items()}, str(out / PERCENTILES_FILE))
     record(f"validation KL percentiles: {time.perf_counter() - start:.1f} s")
 
+    # Each variant's calibration is kept as it finishes, with its figures in the checkpoint
+    # folder, so that an interrupted run resumes with the variants still to do.
+    finished = out / CHECKPOINT
+    finished.mkdir(exist_ok=True)
+
+    def resumed(name: str) -> dict | None:
+        figures = finished / f"metrics_{name}.json"
+        calibrated = name == "autoencoder" or (out / f"calibration_{name}.json").is_file()
+        return json.loads(figures.read_text()) if figures.is_file() and calibrated else None
+
     # The first stage alone: encode and decode, the floor of every variant's reconstruction.
-    metrics = {"autoencoder": reconstruction_quality(trained.autoencoder, images, masks, device)}
+    metrics = {"autoencoder": resumed("autoencoder") or reconstruction_quality(
+        trained.autoencoder, images, masks, device)}
+    (finished / "metrics_autoencoder.json").write_text(json.dumps(metrics["autoencoder"]))
     record(f"autoencoder: healthy validation reconstruction {metrics['autoencoder']}")
     for variant in variants:
+        if (earlier := resumed(variant)) is not None:
+            metrics[variant] = earlier
+            record(f"{variant}: healthy validation reconstruction {earlier} (resumed)")
+            continue
         start = time.perf_counter()
         model = replace(trained, variant=VARIANTS[variant], cohort_percentiles=percentiles)
-        healthy = [model.pseudo_healthy(image, mask, age, sex)
-                   for image, mask, age, sex in zip(images, masks, ages, sexes, strict=True)]
+        healthy = [model.pseudo_healthy(image, mask, person)
+                   for image, mask, person in zip(images, masks, people, strict=True)]
         maps = [np.abs(image - h) * mask for image, h, mask in zip(images, healthy, masks,
                                                                      strict=True)]
         Calibration.from_healthy_maps(maps, masks, HEALTHY_FPR, INDEX_TOP_FRACTION).save(
@@ -94,6 +113,7 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
         metrics[variant] = {key: float(np.mean([q[key] for q in quality]))
                             for key in quality[0]}
         metrics[variant]["seconds_per_subject"] = (time.perf_counter() - start) / len(images)
+        (finished / f"metrics_{variant}.json").write_text(json.dumps(metrics[variant]))
         record(f"{variant}: healthy validation reconstruction {metrics[variant]}")
     (out / "calibration.log").write_text("\n".join(lines) + "\n")
     write_manifest(out, id="cadd-ixi-2mm", method="cadd", variants=variants, version="1",

@@ -12,7 +12,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +21,10 @@ import numpy as np
 import torch
 
 from ..diffusion import GaussianDiffusion, hybrid_loss
-from ..networks.autoencoder import AUTOENCODER_CONFIGS, build_autoencoder, encode_volume
+from ..networks.autoencoder import encode_volume, load_autoencoder
 from ..networks.latte import LATTE_CONFIGS, LatteConfig, LatteTransformer
 from .data import load_split
+from .loop import LoopSettings, run_training
 from .provenance import CHECKPOINT, half_precision, sha256, write_manifest
 
 LATENTS_FILE = "latents.safetensors"
@@ -40,17 +40,6 @@ class LatentDiffusionTraining:
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
-
-
-def load_autoencoder(folder: str | os.PathLike):
-    """The trained first stage of a bundle folder (weights from safetensors)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[manifest["config_name"]])
-    autoencoder.load_state_dict(load_file(str(folder / "autoencoder.safetensors")))
-    return autoencoder.eval(), manifest
 
 
 @torch.no_grad()
@@ -95,7 +84,7 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     """Train (or resume) on `device`; `cohort_dir` is a prepared cohort folder or its grid
     pack. Random draws come from CPU generators, so the data order does not depend on the
     device."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     training = training or LatentDiffusionTraining()
     cohort, out = Path(cohort_dir), Path(out)
@@ -117,18 +106,8 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     model = LatteTransformer(config).to(device)
     diffusion = GaussianDiffusion()
     optimiser = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
-    start, history = 0, []
-    if (checkpoint / "state.json").is_file():
-        state = json.loads((checkpoint / "state.json").read_text())
-        model.load_state_dict(load_file(str(checkpoint / "transformer.safetensors"),
-                                        device=device))
-        optimiser.load_state_dict(torch.load(checkpoint / "optimiser.pt", weights_only=True,
-                                             map_location=device))
-        start, history = state["step"], state["history"]
-        log(f"resumed at step {start}")
-    began = time.perf_counter()
-    for step in range(start, training.steps):
-        generator = torch.Generator().manual_seed(training.seed * 1_000_003 + step)
+
+    def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
         pick = torch.randint(len(latents), (training.batch_size,), generator=generator)
         t = torch.randint(diffusion.num_timesteps, (training.batch_size,), generator=generator)
         noise = torch.randn(latents[pick].shape, generator=generator).to(device)
@@ -142,16 +121,12 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        history.append([step, loss.item()])
-        if (step + 1) % training.log_every == 0:
-            recent = np.array(history[-training.log_every:])
-            log(f"step {step + 1}/{training.steps}  loss {recent[:, 1].mean():.4f}  "
-                f"{(time.perf_counter() - began) / (step + 1 - start):.3f} s/step")
-        if (step + 1) % training.checkpoint_every == 0 or step + 1 == training.steps:
-            save_file(model.state_dict(), str(checkpoint / "transformer.safetensors"))
-            torch.save(optimiser.state_dict(), checkpoint / "optimiser.pt")
-            (checkpoint / "state.json").write_text(json.dumps({"step": step + 1,
-                                                               "history": history}))
+        return {"loss": loss.item()}
+
+    began = time.perf_counter()
+    history = run_training(out, {"transformer": model}, {"adam": optimiser}, step,
+                           LoopSettings(training.steps, training.seed,
+                                        training.checkpoint_every, training.log_every), log)
     save_file(half_precision(model.state_dict()), str(out / "transformer.safetensors"))
     write_manifest(
         out, id=f"cadd-transformer-{config_name}-ixi-2mm", method="cadd-transformer",
@@ -160,7 +135,7 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
         autoencoder={"id": ae_manifest["id"], "sha256": ae_sha256},
         device=device, seconds=round(time.perf_counter() - began, 1), weights="float16",
         training_data={"cohort": cohort.name, "train": train.subjects},
-        metrics={"final_loss": float(np.mean([h[1] for h in history[-100:]])),
+        metrics={"final_loss": float(np.mean([h["loss"] for h in history[-100:]])),
                  "steps": training.steps},
     )
     return out

@@ -3,7 +3,6 @@ and its weights as shipped."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,8 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-
-CHECKPOINT = "checkpoint"  # the folder of training state that a resumed run reads
+from ..hashing import sha256
+from ..models.bundles import CHECKPOINT
 
 
 def code_version() -> str:
@@ -28,14 +27,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def half_precision(state: dict) -> dict:

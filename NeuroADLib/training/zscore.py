@@ -14,6 +14,7 @@ from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
 from ..methods.zscore import VoxelNormativeModel, ZScoreConfig
 from ..outputs import atomic_output_folder
 from ..preprocessing.harmonisation import HarmonisationConfig
+from ..subject import Subject
 from ..synthesis.acquisition import AcquisitionConfig
 from .data import CohortSplit, load_split
 from .harmonisation import (
@@ -54,7 +55,7 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     ages = [float(age) for age in fitted.ages] if config.age_adjusted else None
     model = VoxelNormativeModel.fit(fitted.images, fitted.masks, ages, config)
     del fitted
-    val_maps = [model.anomaly_map(image, mask, age) for image, mask, age in
+    val_maps = [model.anomaly_map(image, mask, Subject(age)) for image, mask, age in
                 zip(validation.images, validation.masks, validation.ages, strict=True)]
     calibration = Calibration.from_healthy_maps(val_maps, validation.masks, fpr,
                                                 INDEX_TOP_FRACTION)

@@ -1,0 +1,142 @@
+"""MAD-AD: training masks, the masked reverse process (eq. 6), the loss (eq. 5), and a tiny
+bundle trained, resumed, calibrated and run end to end."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_mad_ad_bundle, tiny_mad_ad_training
+from safetensors.torch import load_file
+
+from NeuroADLib.diffusion.process import DiffusionProcess
+from NeuroADLib.methods.mad_ad import MADADModel, MADADSettings, load_mad_ad, mad_ad_diffusion
+from NeuroADLib.networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet
+from NeuroADLib.training.mad_ad import masked_diffusion_loss, random_patch_mask, train_mad_ad
+
+TINY = tiny_mad_ad_training()
+
+
+def _quiet(message):
+    return None
+
+
+def test_training_masks_cover_patches_of_the_brain_at_most_the_drawn_ratio():
+    brain = torch.zeros(64, 1, 24, 28)
+    brain[:, :, 2:22, 3:25] = 1
+    masks = random_patch_mask(brain, np.random.default_rng(0), 0.4, (1, 2, 4, 8))
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert not masks[brain == 0].any()
+    shares = masks.mean(dim=(1, 2, 3))
+    assert shares.max() <= 0.4 + 1e-6 and shares.std() > 0  # ratio ~ U[0, 0.4]
+    everywhere = random_patch_mask(torch.ones(16, 1, 24, 28), np.random.default_rng(1), 0.4,
+                                   (8,))
+    for mask in everywhere[:, 0]:  # 8 x 8 cells, aligned to the grid
+        cells = mask[:24, :24].reshape(3, 8, 3, 8)
+        assert torch.equal(cells.amin(dim=(1, 3)), cells.amax(dim=(1, 3)))
+
+
+def test_loss_is_eq5_on_the_masked_forward_process():
+    torch.manual_seed(0)
+    denoiser = MaskedUNet(MASKED_UNET_CONFIGS["tiny"])
+    process = DiffusionProcess(mad_ad_diffusion())
+    z0, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    noised = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    t = torch.tensor([2, 7])
+    loss, parts = masked_diffusion_loss(denoiser, process, z0, noised, t, noise, 0.1)
+    estimate, logit = denoiser(process.q_sample(z0, t, noise, noised), t)
+    expected_bce = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logit), noised)
+    assert parts["mse"] == pytest.approx(((estimate - z0) ** 2).mean().item(), rel=1e-5)
+    assert parts["bce"] == pytest.approx(expected_bce.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(parts["mse"] + 0.1 * parts["bce"], rel=1e-5)
+
+
+class _FixedDenoiser(torch.nn.Module):
+    """x0 estimate 0 everywhere; the mask head flags the left half of every latent."""
+
+    config = MASKED_UNET_CONFIGS["tiny"]
+
+    def forward(self, z, t):
+        logit = torch.full((len(z), 1, *z.shape[2:]), -20.0)
+        logit[..., : z.shape[-1] // 2] = 20.0
+        return torch.zeros_like(z), logit
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_masked_reverse_updates_only_flagged_positions(eta):
+    """Eq. 6: positions the mask head does not flag keep z'_T; flagged ones end at the x0
+    estimate (the last step lands on alpha-bar = 1)."""
+    model = MADADModel(torch.nn.Identity(), _FixedDenoiser(), 1.0,
+                       DiffusionProcess(mad_ad_diffusion()), MADADSettings(eta=eta))
+    z = torch.randn(3, 4, 6, 8)
+    out = model.masked_reverse(z, torch.ones(3, 1, 6, 8), torch.randn(10, 3, 4, 6, 8))
+    assert torch.equal(out[..., 4:], z[..., 4:])
+    assert torch.allclose(out[..., :4], torch.zeros_like(out[..., :4]), atol=1e-6)
+    outside = model.masked_reverse(z, torch.zeros(3, 1, 6, 8), torch.randn(10, 3, 4, 6, 8))
+    assert torch.equal(outside, z)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    return tiny_mad_ad_bundle(tmp_path_factory.mktemp("mad_ad"))
+
+
+def test_tiny_bundle_runs_to_the_contract(tiny_bundle):
+    _, bundle = tiny_bundle
+    model = load_mad_ad(bundle)
+    rng = np.random.default_rng(3)
+    brain = np.zeros((32, 32, 32), bool)
+    brain[6:26, 6:26, 6:26] = True
+    image = (rng.random(brain.shape) * brain).astype(np.float32)
+    heard = []
+    anomaly, healthy = model.predict(image, brain, None, lambda d, t: heard.append(d))
+    assert anomaly.dtype == healthy.dtype == np.float32
+    assert anomaly.shape == healthy.shape == brain.shape
+    assert not anomaly[~brain].any() and not healthy[~brain].any()
+    assert anomaly.min() >= 0 and anomaly.max() <= 1 + 1e-6  # eq. 8 rescales to [0, 1]
+    assert heard == sorted(heard) and heard
+    again, _ = load_mad_ad(bundle).predict(image, brain)
+    assert np.array_equal(anomaly, again)
+    model.batch_size = 3  # the noise of a slice does not depend on its batch
+    assert np.allclose(model.predict(image, brain)[0], anomaly, atol=1e-5)
+    other = load_mad_ad(bundle, options={"seed": 7}).predict(image, brain)[0]
+    assert not np.array_equal(other, anomaly)
+
+
+def test_registry_defaults_are_the_settings_defaults():
+    from dataclasses import asdict
+
+    from NeuroADLib.methods.registry import MAD_AD_OPTIONS
+
+    settings = asdict(MADADSettings())
+    assert settings.pop("reference") == "reconstruction"
+    assert MAD_AD_OPTIONS == settings
+
+
+def test_bundle_records_what_it_loads_from(tiny_bundle):
+    import json
+
+    _, bundle = tiny_bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    denoiser = json.loads((bundle / "denoiser" / "manifest.json").read_text())
+    assert denoiser["diffusion"] == mad_ad_diffusion().to_dict()
+    assert denoiser["config"] == MASKED_UNET_CONFIGS["tiny"].to_dict()
+    assert manifest["inference"]["eta"] == 0.5 and manifest["training_data"]["validation"]
+    assert (bundle / "calibration_mad_ad.json").is_file()
+    assert (bundle / "intensity_standard.json").is_file()
+    assert all(load_file(str(bundle / "denoiser" / "masked_unet.safetensors"))[k].dtype
+               == torch.float16 for k in ["unet.conv_in.conv.weight"])
+
+
+def test_resumed_training_equals_uninterrupted(tiny_bundle, tmp_path):
+    cohort, whole = tiny_bundle
+    longer = replace(TINY, diffusion=replace(TINY.diffusion, steps=4))
+    train_mad_ad(cohort, tmp_path / "parts", TINY, log=_quiet)
+    parts = train_mad_ad(cohort, tmp_path / "parts", longer, log=_quiet)
+    direct = train_mad_ad(cohort, tmp_path / "direct", longer, log=_quiet)
+    for name in ("autoencoder/autoencoder.safetensors", "denoiser/masked_unet.safetensors"):
+        a, b = load_file(str(parts / name)), load_file(str(direct / name))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a, b) for a, b in zip(
+        load_file(str(whole / "denoiser/masked_unet.safetensors")).values(),
+        load_file(str(direct / "denoiser/masked_unet.safetensors")).values(), strict=True))

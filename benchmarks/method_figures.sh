@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One method's benchmark figures (issue 11): `neuroad evaluate` on the synthetic benchmark (the
+# 25 healthy validation subjects and their lesioned copies), the real cases and the
+# clinical-acquisition set, then its raw against its normative maps:
+#   METHOD=mad_ad BENCH=~/neuroad-cache/benchmarks RESULTS=results/mad_ad \
+#     [MODELS=folder-with-one-folder-per-method] [CLINICAL_CASES=10] \
+#     bash benchmarks/method_figures.sh
+# BENCH is `neuroad make-benchmarks --acquisitions` output. CLINICAL_CASES limits the
+# clinical-acquisition cases (the demo always runs) for the slow methods. Every evaluation
+# resumes from the maps it saved.
+set -euo pipefail
+: "${METHOD:?}" "${BENCH:?}" "${RESULTS:?}"
+mkdir -p "$RESULTS"
+models=()
+[ -n "${MODELS:-}" ] && models=(--models "$MODELS")
+clinical="$BENCH/clinical/cases.csv"
+if [ -n "${CLINICAL_CASES:-}" ]; then
+    clinical="$BENCH/clinical/cases_$METHOD.csv"  # beside the cases: paths are relative
+    { head -n 1 "$BENCH/clinical/cases.csv"
+      grep ',clinical_acquisition,' "$BENCH/clinical/cases.csv" | head -n "$CLINICAL_CASES"
+      grep ',clinical_demo,' "$BENCH/clinical/cases.csv"; } > "$clinical"
+fi
+for set in synthetic real clinical; do
+    cases="$BENCH/$set/cases.csv"
+    [ "$set" = clinical ] && cases=$clinical
+    echo "$(date +%T) $METHOD $set"
+    neuroad evaluate --methods "$METHOD" "${models[@]}" --cases "$cases" --device cpu --quiet \
+        --out "$RESULTS/$set" > "$RESULTS/$set.log" 2>&1
+done
+python benchmarks/normative_maps.py --method "$METHOD=$RESULTS/synthetic" \
+    --real-results "$METHOD=$RESULTS/real" --synthetic "$BENCH/synthetic/cases.csv" \
+    --real "$BENCH/real/cases.csv" --clinical-results "$METHOD=$RESULTS/clinical" \
+    --clinical "$clinical" --json "$RESULTS/normative.json" > "$RESULTS/normative.md"
+echo "$(date +%T) done"
