@@ -552,6 +552,7 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
         logic = slicer.util.getModuleLogic("NeuroAD")
         result = logic.process(volume, age=54, sex="F", method="zscore")
         summary = logic.runBatch("cases.csv", ["zscore"], "/data/results")
+        summary = logic.runBatch("cases.csv", "zscore", "/data/results", cluster="local:4")
 
     `workerSettings` (default: from the module settings) and `installer` can be given, e.g.
     by tests, to run the worker elsewhere or skip installation.
@@ -618,16 +619,26 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
 
     def runBatch(self, cases, methods: str | list[str], outDir: str | os.PathLike,
                  device: str = "auto", options: dict | None = None, blocking: bool = True,
-                 installDependencies: bool = True):
+                 installDependencies: bool = True, cluster: str | None = None,
+                 clusterConfig: str | os.PathLike | None = None):
         """Run methods on files listed in a CSV table (path, age, sex[, brain_mask, case]) or
-        given as dicts with those keys, without loading them into the scene: one worker with
-        the models loaded once, each case into outDir/<case>/, finished cases skipped, a
-        failing case never stopping the others. Blocking: returns the path of
-        outDir/summary.csv; non-blocking: the started BatchRun."""
+        given as dicts with those keys, without loading them into the scene: each case into
+        outDir/<case>/, finished cases skipped, a failing case never stopping the others. By
+        default one worker runs the cases one after another, its models loaded once; with
+        `cluster` (as `neuroad batch --cluster`: "local:N" worker processes here, a scheduler
+        address "tcp://host:8786", a scheduler file "scheduler.json", or "slurm" with
+        `clusterConfig`, a YAML or TOML file) the engine runs them on a Dask cluster, and
+        cancelling kills it at once (finished cases stay; running again resumes). Blocking:
+        returns the path of outDir/summary.csv, logging each case and the batch's progress;
+        non-blocking: the started BatchRun (or ClusterBatchRun)."""
         methods = [methods] if isinstance(methods, str) else list(methods)
         if installDependencies and not self.ensureDependencies():
             raise RuntimeError("NeuroAD's dependencies are not installed.")
-        run = runs.BatchRun(cases, methods, outDir, device, options, self.workerSettings)
+        if cluster is None:
+            run = runs.BatchRun(cases, methods, outDir, device, options, self.workerSettings)
+        else:
+            run = runs.ClusterBatchRun(cases, methods, outDir, cluster, clusterConfig, device,
+                                       options, self.workerSettings)
         if not blocking:
             run.start()
             return run
@@ -683,8 +694,13 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
 
 
 def _logEvent(event: dict) -> None:
-    if event.get("event") in ("stage", "log"):
+    kind = event.get("event")
+    if kind in ("stage", "log"):
         logging.info("NeuroAD: %s", event.get("stage") or event.get("message"))
+    elif kind == "case":
+        logging.info("NeuroAD: %s", runs.caseLine(event))
+    elif kind == "batch":
+        logging.info("NeuroAD: %s", runs.RunProgress.fromBatchEvent(event).text())
 
 
 class NeuroADTest(ScriptedLoadableModuleTest):

@@ -1,10 +1,16 @@
-"""`neuroad batch`: every case of a table through `pipeline.run`, one failure never stopping
-the others, resumable, with one summary table.
+"""`neuroad batch`: every case of a table through the pipeline, one failure never stopping the
+others, resumable, with one summary table; on this machine one case after another, or on a Dask
+cluster (see `cluster`), or one shard of the table (`--shard I/N`, joined by `merge_shards`).
 
 The case table is a CSV with columns `path, age, sex` and optionally `brain_mask` and `case`
 (an output name, unique; by default the file name without its extension). A table that cannot
 be used at all is refused before any case runs; a case with its own problem (a missing age, an
 unreadable scan) fails alone.
+
+A case is done when its `report.json` (one per method) is in `out/<case>/`: outputs appear
+there whole, assembled in `out/.staging/` and renamed into place. Only the process that runs
+the batch writes `summary.csv`, atomically (a temporary file renamed over it), after finished
+cases, so that an interrupted batch resumes with the cases still to do.
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,14 +33,18 @@ from .errors import (
     CaseTableError,
     InputError,
     NeuroADError,
+    UsageError,
 )
 from .guards import check_options
-from .outputs import check_writable
-from .pipeline import run
+from .outputs import check_writable, remove_stale_staging
 
 SUMMARY = "summary.csv"
+STAGING = ".staging"
 COLUMNS = ("path", "age", "sex")
 TABLE_HELP = "a header line path,age,sex[,brain_mask,case] and one line per case"
+SUMMARY_INTERVAL_S = 1.0  # at most one rewrite of summary.csv a second (and one at the end)
+
+EventCallback = Callable[[dict], None]
 
 
 def read_case_table(path: str | os.PathLike) -> list[dict]:
@@ -96,58 +111,9 @@ def _name_cases(table: Path, rows: list[dict]) -> None:
         row["case"] = name
 
 
-def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLike,
-              show_progress: bool = True, device: str = "auto",
-              options: dict[str, dict] | None = None) -> Path:
-    """Run every case into `out/<case>/`, skipping cases already done; write `out/summary.csv`.
-    `device` and `options` as for `pipeline.run`. The table and options are checked before any
-    case runs; a case that fails, for whatever reason, is recorded and the others go on."""
-    options = check_options(options)
-    rows = read_case_table(table)
-    out = check_writable(out)
-    out.mkdir(parents=True, exist_ok=True)
-    loaded: dict = {}
-    summary = []
-    for row in tqdm(rows, desc="batch", unit="case", disable=not show_progress):
-        folder = out / row["case"]
-        entry = {"case": row["case"], "path": row["path"], "status": "ok", "exit_code": 0,
-                 "message": ""}
-        try:
-            reports = _done(folder, methods)
-            if reports is None:
-                reports = run(_case_path(row), _case_age(row), row["sex"].upper(), methods,
-                              folder, row["brain_mask"] or None, loaded_methods=loaded,
-                              device=device, options=options)
-            else:
-                entry["status"] = "done before"
-            for name, report in reports.items():
-                entry[f"{name}_abnormality_index"] = report["abnormality_index"]
-                entry[f"{name}_abnormality_index_z"] = report["abnormality_index_z"]
-                entry[f"{name}_lesion_count"] = report["lesions"]["count"]
-                entry[f"{name}_lesion_volume_ml"] = report["lesions"]["volume_ml"]
-        except NeuroADError as error:
-            entry.update(status="failed", exit_code=error.exit_code, message=str(error))
-        except MemoryError:
-            entry.update(status="failed", exit_code=EXIT_OUT_OF_MEMORY, message="Out of memory.")
-        except Exception as error:  # noqa: BLE001 - one case's failure never stops the others
-            entry.update(status="failed", exit_code=EXIT_INTERNAL,
-                         message=f"internal error: {type(error).__name__}: {error}")
-        summary.append(entry)
-    fields = list(dict.fromkeys(key for entry in summary for key in entry))
-    with (out / SUMMARY).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(summary)
-    return out / SUMMARY
+# --- one case -------------------------------------------------------------------------------
 
-
-def _case_path(row: dict) -> str:
-    if not row["path"]:
-        raise InputError(f"Line {row['line']} of the case table has no path.")
-    return row["path"]
-
-
-def _case_age(row: dict) -> float | None:
+def case_age(row: dict) -> float | None:
     """The row's age in years; None when blank (the run then says that the age is needed)."""
     if not row["age"]:
         return None
@@ -158,10 +124,293 @@ def _case_age(row: dict) -> float | None:
                          "a number of years.") from None
 
 
-def _done(folder: Path, methods: list[str]) -> dict | None:
-    """The reports of a case already run with these methods, or None."""
+def case_path(row: dict) -> str:
+    if not row["path"]:
+        raise InputError(f"Line {row['line']} of the case table has no path.")
+    return row["path"]
+
+
+def done_reports(folder: Path, methods: list[str]) -> dict | None:
+    """The reports of a case already run with these methods, or None: a case is done when
+    every method's report.json is there, readable and names that method."""
     paths = ([folder / "report.json"] if len(methods) == 1
              else [folder / name / "report.json" for name in methods])
-    if not all(p.is_file() for p in paths):
-        return None
-    return {name: json.loads(p.read_text()) for name, p in zip(methods, paths, strict=True)}
+    reports = {}
+    for name, path in zip(methods, paths, strict=True):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(report, dict) or report.get("method") != name:
+            return None
+        reports[name] = report
+    return reports
+
+
+def case_entry(row: dict, reports: dict[str, dict], status: str = "ok") -> dict:
+    """A summary row for a finished case: its figures per method."""
+    entry = {"case": row["case"], "path": row["path"], "status": status, "exit_code": 0,
+             "message": ""}
+    for name, report in reports.items():
+        entry[f"{name}_abnormality_index"] = report["abnormality_index"]
+        entry[f"{name}_abnormality_index_z"] = report["abnormality_index_z"]
+        entry[f"{name}_lesion_count"] = report["lesions"]["count"]
+        entry[f"{name}_lesion_volume_ml"] = report["lesions"]["volume_ml"]
+    return entry
+
+
+def failed_entry(row: dict, error: BaseException | None = None, exit_code: int = EXIT_INTERNAL,
+                 message: str = "") -> dict:
+    """A summary row for a failed case, from the error that stopped it."""
+    if isinstance(error, NeuroADError):
+        exit_code, message = error.exit_code, str(error)
+    elif isinstance(error, MemoryError):
+        exit_code, message = EXIT_OUT_OF_MEMORY, "Out of memory."
+    elif error is not None:
+        message = f"internal error: {type(error).__name__}: {error}"
+    return {"case": row["case"], "path": row["path"], "status": "failed",
+            "exit_code": exit_code, "message": message}
+
+
+def run_case(row: dict, methods: list[str], out: Path, loaded: dict, device: str = "auto",
+             options: dict | None = None) -> dict:
+    """One case on this machine into `out/<case>/`; its summary row, whatever happens."""
+    from .pipeline import run
+
+    try:
+        reports = run(case_path(row), case_age(row), row["sex"].upper(), methods,
+                      out / row["case"], row["brain_mask"] or None, loaded_methods=loaded,
+                      device=device, options=options, staging_dir=out / STAGING)
+    except Exception as error:  # noqa: BLE001 - one case's failure never stops the others
+        return failed_entry(row, error)
+    return case_entry(row, reports)
+
+
+# --- the batch ------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    """summary.csv: one row per finished case in table order, rewritten atomically (a temporary
+    file renamed over it) at most every `interval_s` seconds and by `write(final=True)`."""
+
+    path: Path
+    order: dict[str, int]
+    interval_s: float = SUMMARY_INTERVAL_S
+    entries: dict[str, dict] = field(default_factory=dict)
+    _written: float = field(default=0.0, repr=False)
+
+    def add(self, entry: dict) -> None:
+        self.entries[entry["case"]] = entry
+        self.write()
+
+    def write(self, final: bool = False) -> None:
+        if not final and time.monotonic() - self._written < self.interval_s:
+            return
+        write_summary(self.path, sorted(self.entries.values(),
+                                        key=lambda entry: self.order[entry["case"]]))
+        self._written = time.monotonic()
+
+
+def write_summary(path: Path, entries: list[dict]) -> None:
+    """A summary table written whole: into a temporary file beside it, renamed over it."""
+    fields = list(dict.fromkeys(key for entry in entries for key in entry))
+    handle = tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, delete=False,
+                                         prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(entries)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class BatchProgress:
+    """Cases done / failed / running of the total, throughput of this run and an ETA, as a
+    terminal bar and as `{"event": "batch", ...}` events (the Slicer console's)."""
+
+    total: int
+    emit: EventCallback | None = None
+    show_bar: bool = True
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    finished_here: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _bar: tqdm | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._bar = tqdm(total=self.total, desc="batch", unit="case", disable=not self.show_bar)
+
+    def finished(self, entry: dict, ran_here: bool = True) -> None:
+        if entry["status"] == "failed":
+            self.failed += 1
+        else:
+            self.done += 1
+        self.finished_here += ran_here
+        self._bar.update(1)
+        self.report(entry)
+
+    def report(self, entry: dict | None = None) -> dict:
+        elapsed = time.monotonic() - self.started
+        rate = self.finished_here / elapsed * 60 if self.finished_here and elapsed > 0 else None
+        left = self.total - self.done - self.failed
+        event = {"event": "batch", "total": self.total, "done": self.done,
+                 "failed": self.failed, "running": self.running,
+                 "cases_per_min": None if rate is None else round(rate, 2),
+                 "eta_s": None if rate is None else round(left / rate * 60, 1)}
+        self._bar.set_postfix(failed=self.failed, running=self.running, refresh=False)
+        if self.emit is not None:
+            if entry is not None:
+                self.emit({"event": "case", **{k: entry[k] for k in
+                                               ("case", "status", "exit_code", "message")}})
+            self.emit(event)
+        return event
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` -> (I, N): shard I (0 ... N-1) of N, as a SLURM array task id of --array=0-(N-1)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise UsageError(f"--shard {text!r} must be I/N with 0 <= I < N, e.g. 0/4 for the "
+                         "first of four shards (SLURM: --array=0-3, "
+                         "--shard $SLURM_ARRAY_TASK_ID/4).")
+    return int(match[1]), int(match[2])
+
+
+def shard_summary_name(shard: tuple[int, int]) -> str:
+    return f"summary.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLike,
+              show_progress: bool = True, device: str = "auto",
+              options: dict[str, dict] | None = None, cluster=None,
+              cluster_config: str | os.PathLike | None = None, shard: str | None = None,
+              on_event: EventCallback | None = None, threads: int | None = None) -> Path:
+    """Run every case (of shard `I/N` when given) into `out/<case>/`, skipping cases already
+    done; returns the summary table (`out/summary.csv`, or the shard's own). Without `cluster`
+    the cases run here one after another; with it (`local:N`, a scheduler address or file,
+    `slurm` with `cluster_config`, or a `distributed.Client`) on a Dask cluster. `device` and
+    `options` as for `pipeline.run`; `threads` per case (cluster workers: the cores over the
+    workers). The table and options are checked before any case runs; a case that fails, for
+    whatever reason, is recorded and the others go on."""
+    options = check_options(options)
+    rows = read_case_table(table)
+    summary_name = SUMMARY
+    if shard is not None:
+        index, count = parse_shard(shard)
+        rows = rows[index::count]
+        summary_name = shard_summary_name((index, count))
+    out = check_writable(out)
+    if cluster is None:
+        return _run_cases(rows, methods, out, summary_name, progress_to(rows, on_event,
+                          show_progress), device, options)
+    from .cluster import connect
+
+    connection = connect(cluster, cluster_config, threads)  # refused before any output
+    try:
+        return _run_cases(rows, methods, out, summary_name, progress_to(rows, on_event,
+                          show_progress), device, options, connection)
+    finally:
+        connection.close()
+
+
+def progress_to(rows: list[dict], on_event: EventCallback | None,
+                show_bar: bool) -> BatchProgress:
+    return BatchProgress(len(rows), on_event, show_bar)
+
+
+def _run_cases(rows: list[dict], methods: list[str], out: Path, summary_name: str,
+               progress: BatchProgress, device: str, options: dict,
+               connection=None) -> Path:
+    """The cases not done yet, here or on the cluster `connection`; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(out / summary_name, {row["case"]: i for i, row in enumerate(rows)})
+    to_run = []
+    for row in rows:
+        reports = done_reports(out / row["case"], methods)
+        if reports is None:
+            to_run.append(row)
+        else:
+            summary.entries[row["case"]] = case_entry(row, reports, "done before")
+            progress.finished(summary.entries[row["case"]], ran_here=False)
+    try:
+        if connection is None:
+            loaded: dict = {}
+            for row in to_run:
+                progress.running = 1
+                entry = run_case(row, methods, out, loaded, device, options)
+                progress.running = 0
+                summary.add(entry)
+                progress.finished(entry)
+        else:
+            from .cluster import run_on_cluster
+
+            start = time.monotonic()
+            workers = run_on_cluster(connection, to_run, methods, out, summary, progress,
+                                     device, options)
+            _write_json(out / summary_name.replace("summary", "cluster").replace(".csv",
+                                                                                 ".json"),
+                        {"cluster": connection.spec, "cases_run": len(to_run),
+                         "wall_s": round(time.monotonic() - start, 1),
+                         "cases_per_min": progress.report()["cases_per_min"],
+                         "workers": workers})
+    finally:
+        summary.write(final=True)
+        progress.close()
+    staging = out / STAGING
+    for row in to_run:
+        remove_stale_staging(out / row["case"], staging, any_host=connection is not None)
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
+    return summary.path
+
+
+def _write_json(path: Path, value: dict) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(value, indent=2, default=float))
+    os.replace(staging, path)
+
+
+def merge_shards(table: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Join the shard summaries in `out` (`summary.shard-I-of-N.csv`, all N of them, made from
+    `table`) into `out/summary.csv`: every case of the table once, in the table's order. A
+    shard missing, or a case in none of them (a shard interrupted), is refused by name."""
+    rows, out = read_case_table(table), Path(out)
+    found: dict[int, set[int]] = {}
+    for path in out.glob("summary.shard-*-of-*.csv"):
+        match = re.fullmatch(r"summary\.shard-(\d+)-of-(\d+)\.csv", path.name)
+        if match:
+            found.setdefault(int(match[2]), set()).add(int(match[1]))
+    if not found:
+        raise UsageError(f"No shard summaries (summary.shard-I-of-N.csv) in {out}: run "
+                         "`neuroad batch TABLE --shard I/N --out` into it first.")
+    if len(found) > 1:
+        raise UsageError(f"{out} holds shard summaries of different shard counts "
+                         f"({', '.join(str(n) for n in sorted(found))}): keep one batch's.")
+    (count, shards), = found.items()
+    missing = sorted(set(range(count)) - shards)
+    if missing:
+        raise UsageError(f"Shard(s) {', '.join(str(i) for i in missing)} of {count} have no "
+                         f"summary in {out}: run them (--shard I/{count}) before merging.")
+    entries: dict[str, dict] = {}
+    for index in range(count):
+        with (out / shard_summary_name((index, count))).open(newline="") as handle:
+            entries.update((entry["case"], entry) for entry in csv.DictReader(handle))
+    unfinished = [(i % count, row["case"]) for i, row in enumerate(rows)
+                  if row["case"] not in entries]
+    if unfinished:
+        shards_left = sorted({shard for shard, _ in unfinished})
+        raise UsageError(f"{len(unfinished)} case(s) of {table} are in no shard summary "
+                         f"(first: {unfinished[0][1]}): run shard(s) "
+                         f"{', '.join(str(i) for i in shards_left)} of {count} again to "
+                         "finish them, then merge.")
+    path = out / SUMMARY
+    write_summary(path, [entries[row["case"]] for row in rows])
+    return path

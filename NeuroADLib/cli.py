@@ -32,7 +32,12 @@ EXAMPLES = {
     "demo": "example:\n  neuroad demo --out neuroad-demo",
     "run": "example:\n  neuroad run scan.nii.gz --age 54 --sex F --method zscore --out results",
     "batch": "example:\n  neuroad batch cases.csv --method zscore --out results\n"
+             "  neuroad batch cases.csv --method zscore --out results --cluster local:2\n"
+             "  neuroad batch cases.csv --method cadd --out results --device cuda "
+             "--cluster slurm --cluster-config slurm.yaml\n"
+             "  neuroad batch cases.csv --method zscore --out results --shard 0/4\n"
              "  (cases.csv: path,age,sex[,brain_mask,case])",
+    "batch-merge": "example:\n  neuroad batch-merge cases.csv --out results",
     "models": "example:\n  neuroad models list\n  neuroad models verify\n"
               "  neuroad models import zscore-ixi-2mm.zip\n"
               "  neuroad models fetch https://host/model.zip --sha256 HEX",
@@ -79,9 +84,14 @@ COUNT = _whole_number(1, 2**31 - 1)
 
 
 def _threads(value: int | None) -> None:
+    """ITK's thread count (all cores by default), and torch's when one is given."""
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(value or os.cpu_count() or 1)
+    if value:
+        import torch
+
+        torch.set_num_threads(value)
 
 
 def _preprocess(args: argparse.Namespace) -> int:
@@ -331,14 +341,33 @@ def _run(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from .batch import run_batch
 
-    _threads(args.threads)
-    summary = run_batch(args.cases, args.method, args.out, show_progress=not args.quiet,
-                        device=args.device, options=_parse_options(args.option))
+    if args.cluster is None:
+        _threads(args.threads)
+    summary = run_batch(args.cases, args.method, args.out,
+                        show_progress=not (args.quiet or args.events), device=args.device,
+                        options=_parse_options(args.option), cluster=args.cluster,
+                        cluster_config=args.cluster_config, shard=args.shard,
+                        on_event=_print_event if args.events else None, threads=args.threads)
+    return _summary_status(summary)
+
+
+def _batch_merge(args: argparse.Namespace) -> int:
+    from .batch import merge_shards
+
+    return _summary_status(merge_shards(args.cases, args.out))
+
+
+def _summary_status(summary: Path) -> int:
+    """Say what a summary holds; exit 3 when a case failed."""
     with summary.open() as handle:
         statuses = [row["status"] for row in csv.DictReader(handle)]
     failed = statuses.count("failed")
     print(f"wrote {summary}: {len(statuses) - failed} cases done, {failed} failed")
     return 0 if not failed else 3
+
+
+def _print_event(event: dict) -> None:
+    print(json.dumps(event), flush=True)
 
 
 def _parse_options(items: list[str] | None) -> dict[str, dict]:
@@ -567,8 +596,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
                    help="a method option, e.g. cadd.respacing=5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
+    p.add_argument("--events", action="store_true",
+                   help="progress as JSON lines on stdout ({event: batch|case, ...}), no bar")
+    p.add_argument("--threads", type=COUNT,
+                   help="CPU threads per case (default: all; on a cluster, the cores over "
+                        "the workers)")
+    p.add_argument("--cluster", metavar="SPEC",
+                   help="run on a Dask cluster (pip install \"neuroad[cluster]\"): local:N, "
+                        "tcp://host:8786, scheduler.json, or slurm")
+    p.add_argument("--cluster-config", metavar="FILE",
+                   help="with --cluster slurm: YAML or TOML of cores, memory, walltime, queue, "
+                        "gpus, jobs or adaptive (see the README)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="only cases I, I+N, I+2N, ... (0 <= I < N; a SLURM array task each), "
+                        "into summary.shard-I-of-N.csv; join with neuroad batch-merge")
     p.set_defaults(run=_batch)
+
+    p = command("batch-merge", "Join the shard summaries of a batch run with --shard I/N into "
+                               "one summary.csv, in the table's order.")
+    p.add_argument("cases", help="the CSV case table the shards ran")
+    p.add_argument("--out", required=True, help="the batch's output folder")
+    p.set_defaults(run=_batch_merge)
 
     p = command("models", "List, verify, import, fetch, delete or describe model bundles.")
     p.add_argument("action", choices=["list", "verify", "import", "fetch", "delete", "info"])

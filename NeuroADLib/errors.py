@@ -15,6 +15,7 @@ EXIT_MODEL = 4
 EXIT_OUT_OF_MEMORY = 5
 EXIT_CANCELLED = 6
 EXIT_OUTPUT = 7
+EXIT_CLUSTER = 8
 
 
 class NeuroADError(Exception):
@@ -89,3 +90,10 @@ class Cancelled(NeuroADError):
     """The run was cancelled (SIGTERM, a stop file, or the user)."""
 
     exit_code = EXIT_CANCELLED
+
+
+class ClusterError(NeuroADError):
+    """The Dask cluster of a batch cannot be used: Dask not installed, the scheduler not
+    reachable, or the scheduler lost while the batch ran (finished cases are kept)."""
+
+    exit_code = EXIT_CLUSTER

@@ -1,15 +1,20 @@
 """Output folders that appear whole or not at all.
 
-A run writes into a hidden staging folder beside its output, `.OUT.partial-PID-XXXX`, renamed
-into place when the run succeeds and removed when it fails or is cancelled. Only a killed
-process (SIGKILL, a crash, power loss) leaves one behind; the next run into the same output
-removes those whose process is gone.
+A run writes into a hidden staging folder beside its output (or in a given staging folder on
+the same file system), `.OUT.partial-PID@HOST-XXXX`, renamed into place when the run succeeds
+and removed when it fails or is cancelled. Only a killed process (SIGKILL, a crash, power loss)
+leaves one behind; the next run into the same output on the same host removes those whose
+process is gone (a process on another host of a cluster cannot be asked: the batch client
+removes those once every attempt has ended).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +22,11 @@ from pathlib import Path
 from .errors import OutputError
 
 STAGING_MARK = ".partial-"
+
+
+def host_name() -> str:
+    """This machine's name as it appears in staging folder names (no '-' or '@')."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
 def check_writable(folder: str | os.PathLike) -> Path:
@@ -31,20 +41,28 @@ def check_writable(folder: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def atomic_output_folder(folder: str | os.PathLike):
-    """Yield a staging folder next to `folder`; on success its files move into `folder`
-    (created if needed), on any failure the staging folder is removed and `folder` untouched."""
+def atomic_output_folder(folder: str | os.PathLike, staging_dir: str | os.PathLike | None = None):
+    """Yield a staging folder (in `staging_dir`, default beside `folder`); on success its files
+    move into `folder` (created if needed), on any failure the staging folder is removed and
+    `folder` untouched."""
     folder = check_writable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}{STAGING_MARK}{os.getpid()}-",
-                                    dir=folder.parent))
+    root = Path(staging_dir) if staging_dir is not None else folder.parent
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(folder, root)
+    staging = Path(tempfile.mkdtemp(
+        prefix=f".{folder.name}{STAGING_MARK}{os.getpid()}@{host_name()}-", dir=root))
     staging.chmod(0o755)
     try:
         yield staging
+        _publish(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _publish(staging: Path, folder: Path) -> None:
+    """Move the staging folder's contents into `folder`: one rename when `folder` is new."""
     if not folder.exists():
         os.replace(staging, folder)
         return
@@ -56,19 +74,26 @@ def atomic_output_folder(folder: str | os.PathLike):
     staging.rmdir()
 
 
-def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
-    """Remove the staging folders of `folder` that killed processes left behind (those of
-    running processes stay); returns what was removed."""
+def remove_stale_staging(folder: str | os.PathLike, staging_dir: str | os.PathLike | None = None,
+                         any_host: bool = False) -> list[Path]:
+    """Remove the staging folders of `folder` (in `staging_dir`, default beside it) that
+    killed processes of this host left behind; those of running processes stay. `any_host`
+    also removes other hosts' (only safe when no attempt at `folder` can still be running).
+    Returns what was removed."""
     folder = Path(folder)
+    root = Path(staging_dir) if staging_dir is not None else folder.parent
     removed = []
-    if not folder.parent.is_dir():
+    if not root.is_dir():
         return removed
     prefix = f".{folder.name}{STAGING_MARK}"
-    for staging in folder.parent.iterdir():
-        if not (staging.name.startswith(prefix) and staging.is_dir()):
+    for staging in root.glob(f"{glob.escape(prefix)}*"):
+        if not staging.is_dir():
             continue
         owner = staging.name[len(prefix):].split("-")[0]
-        if not (owner.isdigit() and _process_alive(int(owner))):
+        pid, _, host = owner.partition("@")
+        if host and host != host_name() and not any_host:
+            continue
+        if any_host or not (pid.isdigit() and _process_alive(int(pid))):
             shutil.rmtree(staging, ignore_errors=True)
             removed.append(staging)
     return removed

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from .methods.registry import changed_options
 from .models import find_bundle, verify_bundle
 from .outputs import atomic_output_folder, check_writable
 from .postprocessing import abnormality_index, binarize, index_zscore
-from .preprocessing import grid_to_native, preprocess
+from .preprocessing import PreprocessResult, grid_to_native, preprocess
 from .preprocessing.pipeline import PREPROCESS_STEPS
 from .progress import Progress
 from .qc import orthogonal_slices
@@ -50,6 +51,26 @@ def check_covariates(age: float | None, sex: str | None) -> Subject:
     return Subject(float(age), sex)
 
 
+@dataclass
+class PreparedScan:
+    """A scan read and brought onto the model grid: what the methods need and what maps their
+    results back. A batch on a cluster prepares scans on CPU workers and sends them, pickled,
+    to the workers that run the methods."""
+
+    native: sitk.Image
+    case: PreprocessResult
+    input_info: dict
+    preprocess_s: float
+
+    @property
+    def grid_image(self) -> np.ndarray:
+        return sitk.GetArrayFromImage(self.case.image)
+
+    @property
+    def brain(self) -> np.ndarray:
+        return sitk.GetArrayFromImage(self.case.brain_mask) > 0
+
+
 def run(
     source: str | os.PathLike,
     age: float,
@@ -62,55 +83,83 @@ def run(
     loaded_methods: dict | None = None,
     device: str = "auto",
     options: dict[str, dict] | None = None,
+    staging_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict]:
     """Run methods on one scan and write their outputs; returns each method's report.
     `progress` hears of every step and may cancel between them (no outputs are left then);
-    `loaded_methods` (name -> (bundle, method)) lets a persistent worker reuse loaded models;
+    `loaded_methods` (see `load_methods`) lets a persistent worker reuse loaded models;
     `device` is auto / cpu / cuda, and a CUDA out-of-memory error reruns the method on the CPU
     (the report says so); `options` maps a method name to options overriding its defaults
-    (see methods.registry)."""
+    (see methods.registry); `staging_dir` is where the outputs are assembled before they
+    appear whole (default: beside `out`)."""
     subject = check_covariates(age, sex)
     options = check_run(source, methods, brain_mask, options)  # guards before any work
     select_device(device)  # refuse an impossible device before any work
     check_writable(out)
     progress = progress or Progress()
-    progress.total = 1 + PREPROCESS_STEPS + 3 * len(methods)
-    timings = {}
+    progress.total = run_steps(methods)
     progress.step("load models")
     start = time.perf_counter()
+    loaded = load_methods(methods, options, loaded_methods)
+    load_s = time.perf_counter() - start
+    scan = prepare_scan(source, brain_mask, seed, progress)
+    return run_methods(scan, loaded, subject, out, progress, device, options,
+                       {"load_models": load_s}, staging_dir)
+
+
+def run_steps(methods: list[str]) -> int:
+    """The progress steps of a run: loading, preprocessing, and three per method."""
+    return 1 + PREPROCESS_STEPS + 3 * len(methods)
+
+
+def load_methods(methods: list[str], options: dict[str, dict],
+                 cache: dict | None = None) -> dict[str, tuple]:
+    """name -> (verified bundle, loaded method); `cache`, keyed by name and options, keeps
+    them for the next scan (a persistent worker, a cluster worker)."""
     loaded = {}
-    options = options or {}
     for name in methods:
         cache_key = (name, json.dumps(options.get(name, {}), sort_keys=True))
-        if loaded_methods is not None and cache_key in loaded_methods:
-            loaded[name] = loaded_methods[cache_key]
+        if cache is not None and cache_key in cache:
+            loaded[name] = cache[cache_key]
             continue
         bundle = find_bundle(name)
         verify_bundle(bundle)
         loaded[name] = (bundle, load_method(name, bundle.folder, options.get(name)))
-        if loaded_methods is not None:
-            loaded_methods[cache_key] = loaded[name]
-    timings["load_models"] = time.perf_counter() - start
+        if cache is not None:
+            cache[cache_key] = loaded[name]
+    return loaded
 
+
+def prepare_scan(source: str | os.PathLike, brain_mask: str | os.PathLike | None = None,
+                 seed: int = 0, progress: Progress | None = None) -> PreparedScan:
+    """Read the scan and preprocess it onto the model grid (the CPU part of a run)."""
     start = time.perf_counter()
     native = read_volume(source)
     case = preprocess(native, brain_mask=brain_mask, seed=seed, progress=progress)
-    timings["preprocess"] = time.perf_counter() - start
-    grid_image = sitk.GetArrayFromImage(case.image)
-    brain = sitk.GetArrayFromImage(case.brain_mask) > 0
-
     input_info = {"path": str(source), "geometry": geometry_of(native),
                   "sha256": sha256(Path(source)) if Path(source).is_file() else ""}
+    return PreparedScan(native, case, input_info, time.perf_counter() - start)
+
+
+def run_methods(scan: PreparedScan, loaded: dict[str, tuple], subject: Subject,
+                out: str | os.PathLike, progress: Progress, device: str = "auto",
+                options: dict[str, dict] | None = None, timings: dict | None = None,
+                staging_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """The loaded methods on a prepared scan, their outputs written whole into `out` (or not
+    at all); returns each method's report."""
+    options = options or {}
+    timings = {**(timings or {}), "preprocess": scan.preprocess_s}
+    grid_image, brain = scan.grid_image, scan.brain
     reports, masks = {}, {}
-    with atomic_output_folder(out) as staging:
+    with atomic_output_folder(out, staging_dir) as staging:
         for name, (bundle, method) in loaded.items():
             folder = staging / name if len(loaded) > 1 else staging
             folder.mkdir(exist_ok=True)
             reports[name], masks[name] = _run_method(
-                method, bundle, case, native, grid_image, brain, subject, folder,
-                dict(timings), input_info, progress, device, options.get(name, {}))
+                method, bundle, scan.case, scan.native, grid_image, brain, subject, folder,
+                dict(timings), scan.input_info, progress, device, options.get(name, {}))
         if len(masks) > 1:
-            write_consensus(masks, native, staging)
+            write_consensus(masks, scan.native, staging)
     return reports
 
 

@@ -40,7 +40,7 @@ from NeuroADLib.guards import (
     check_scan,
 )
 from NeuroADLib.methods.registry import METHODS, validate_options
-from NeuroADLib.outputs import atomic_output_folder, remove_stale_staging
+from NeuroADLib.outputs import atomic_output_folder, host_name, remove_stale_staging
 from NeuroADLib.volumes import VolumeHeader, read_header, read_volume
 
 EYE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -191,6 +191,7 @@ def test_memory_estimate_grows_with_voxels_and_methods():
     model = MemoryModel()
     assert model.estimate_mb(10**7, ["zscore"]) > model.estimate_mb(10**6, ["zscore"])
     assert model.estimate_mb(10**6, ["zscore", "cadd"]) > model.estimate_mb(10**6, ["zscore"])
+    assert model.estimate_mb(10**6, ["mad_ad"]) > model.estimate_mb(10**6, ["zscore"])
     available, source = available_memory_mb()
     assert available is None or (available > 0 and source)
 
@@ -261,20 +262,36 @@ def test_a_dicom_series_with_a_repeated_position_is_refused(tmp_path):
 
 def test_stale_staging_of_a_killed_run_is_removed_and_a_live_one_kept(tmp_path):
     out = tmp_path / "out"
-    dead = tmp_path / ".out.partial-999999999-abc"  # no such process
-    legacy = tmp_path / ".out.partial-x1y2z3"       # the naming before process ids
-    alive = tmp_path / f".out.partial-{os.getppid()}-def"
+    host = host_name()
+    dead = tmp_path / f".out.partial-999999999@{host}-abc"  # no such process on this host
+    dead_old = tmp_path / ".out.partial-999999999-abc"       # the naming before host names
+    legacy = tmp_path / ".out.partial-x1y2z3"                # the naming before process ids
+    alive = tmp_path / f".out.partial-{os.getppid()}@{host}-def"
+    elsewhere = tmp_path / ".out.partial-999999999@node17.cluster-ghi"  # cannot be asked
     other = tmp_path / ".other.partial-999999999-abc"
-    for folder in (dead, legacy, alive, other):
+    for folder in (dead, dead_old, legacy, alive, elsewhere, other):
         folder.mkdir()
         (folder / "anomaly_map.nii.gz").write_bytes(b"x")
     with atomic_output_folder(out) as staging:
-        assert staging.name.startswith(f".out.partial-{os.getpid()}-")
+        assert staging.name.startswith(f".out.partial-{os.getpid()}@{host}-")
         (staging / "report.json").write_text("{}")
-    assert not dead.exists() and not legacy.exists()
-    assert alive.exists() and other.exists()
+    assert not dead.exists() and not dead_old.exists() and not legacy.exists()
+    assert alive.exists() and elsewhere.exists() and other.exists()
     assert [p.name for p in out.iterdir()] == ["report.json"]
     assert remove_stale_staging(out) == []
+    assert sorted(remove_stale_staging(out, any_host=True)) == sorted([alive, elsewhere])
+
+
+def test_staging_in_its_own_folder_publishes_into_the_output(tmp_path):
+    out, staging_dir = tmp_path / "cases" / "case1", tmp_path / "cases" / ".staging"
+    with atomic_output_folder(out, staging_dir) as staging:
+        assert staging.parent == staging_dir
+        (staging / "report.json").write_text("{}")
+    assert [p.name for p in out.iterdir()] == ["report.json"]
+    assert list(staging_dir.iterdir()) == []
+    with pytest.raises(RuntimeError), atomic_output_folder(tmp_path / "failed", staging_dir):
+        raise RuntimeError("a failing run")
+    assert list(staging_dir.iterdir()) == [] and not (tmp_path / "failed").exists()
 
 
 def write_table(tmp_path, text: str, encoding="utf-8"):

@@ -115,6 +115,7 @@ def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
     model.settings = at_150
     torch.testing.assert_close(model.cohort_percentiles_at_levels(),
                                table["covariates"][:3])
+    check_the_diffusion_process_is_the_bundles(bundle)
 
 
 def test_cached_latents_are_reused_only_for_the_same_autoencoder_and_subjects(tmp_path):
@@ -156,3 +157,22 @@ def test_an_interrupted_calibration_resumes_with_the_variants_still_to_do(stage_
     assert (again / "calibration_ldm.json").read_text() == kept
     manifest = json.loads((again / "manifest.json").read_text())
     assert manifest["variants"] == ["ldm", "ldm_tavg"]
+
+
+def check_the_diffusion_process_is_the_bundles(bundle):
+    """load_cadd builds the diffusion process the transformer's manifest records, not today's
+    defaults, and refuses a manifest without one."""
+    from NeuroADLib.errors import ModelError
+    from NeuroADLib.methods.cadd import load_cadd
+
+    manifest_path = bundle / "transformer" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["diffusion"] == {"schedule": "linear_beta", "num_timesteps": 1000,
+                                     "beta_start": 0.0015, "beta_end": 0.0195}
+    manifest["diffusion"]["beta_end"] = 0.02
+    manifest_path.write_text(json.dumps(manifest))
+    assert float(load_cadd(bundle, "cadd").diffusion.betas[-1]) == pytest.approx(0.02)
+    del manifest["diffusion"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="does not record its diffusion process"):
+        load_cadd(bundle, "cadd")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import re
 import sys
 import time
 import types
@@ -25,11 +26,13 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (real MRML) is not in
 MODULE_DIR = Path(__file__).resolve().parents[1] / "NeuroAD"
 sys.path.insert(0, str(MODULE_DIR))
 
+from conftest import IXI, require  # noqa: E402
 from NeuroADSlicerLib import engine, mrml, runs, worker  # noqa: E402
 
-from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED  # noqa: E402
+from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_USAGE  # noqa: E402
 
 DEMO, DEMO_AGE, DEMO_SEX = engine.demoCase()
+IXI_CASES = ("IXI012-HH-1211", "IXI013-HH-1212")
 SETTINGS = worker.WorkerSettings([sys.executable], cancelGraceSeconds=30)
 
 
@@ -239,6 +242,57 @@ def test_a_batch_runs_every_case_and_resumes(logic, tmp_path):
     summary = logic.runBatch(table, ["zscore"], out, device="cpu")
     rows = list(csv.DictReader(summary.open()))
     assert [r["status"] for r in rows] == ["done before", "failed"]
+
+
+def ixi_table(path: Path) -> Path:
+    """A case table of two IXI scans (age and sex from the cohort's participants.csv) and a
+    row whose file is missing."""
+    people = {row["subject"]: row for row in
+              csv.DictReader((require(IXI) / "participants.csv").open())}
+    rows = [f"{IXI / people[name]['file']},{people[name]['age']},{people[name]['sex']},{name}\n"
+            for name in IXI_CASES]
+    path.write_text("path,age,sex,case\n" + "".join(rows) + "missing.nii.gz,40,F,missing\n")
+    return path
+
+
+@pytest.mark.slow
+def test_a_batch_on_a_local_dask_cluster_runs_every_case_and_resumes(logic, tmp_path):
+    pytest.importorskip("distributed", reason="pip install 'neuroad[cluster]'")
+    table = ixi_table(tmp_path / "cases.csv")
+    out = tmp_path / "results"
+    batch = logic.runBatch(table, "zscore", out, device="cpu", blocking=False,
+                           cluster="local:2")
+    progress = drive(batch)
+    assert batch.state is runs.RunState.SUCCEEDED, batch.error
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(re.fullmatch(r"[123]/3 cases, [01] failed, [012] running", p.stage)
+               for p in progress)
+    assert [(r["case"], r["status"], r["exit_code"]) for r in batch.summary] == [
+        (IXI_CASES[0], "ok", 0), (IXI_CASES[1], "ok", 0), ("missing", "failed", EXIT_BAD_INPUT)]
+    assert float(batch.summary[0]["zscore_abnormality_index"]) > 0
+    assert "missing: failed: Input not found" in "\n".join(batch.log)
+    assert all((out / name / "report.json").is_file() for name in IXI_CASES)
+
+    cases = list(csv.DictReader(table.open()))  # as dicts, written to a table of its own
+    summary = logic.runBatch(cases, ["zscore"], out, device="cpu", cluster="local:2")
+    rows = list(csv.DictReader(summary.open()))
+    assert [r["status"] for r in rows] == ["done before", "done before", "failed"]
+
+
+def test_a_cluster_batch_with_a_bad_spec_fails_with_the_usage_code(logic, tmp_path,
+                                                                    monkeypatch):
+    pytest.importorskip("distributed", reason="pip install 'neuroad[cluster]'")
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temp"))
+    out = tmp_path / "results"
+    batch = logic.runBatch([{"path": "scan.nii.gz", "age": 40, "sex": "F"}], "zscore", out,
+                           device="cpu", blocking=False, cluster="local:0")
+    drive(batch)
+    assert batch.state is runs.RunState.FAILED and batch.error.code == EXIT_USAGE
+    assert "local:N needs a worker count" in str(batch.error)
+    assert batch.summary == [] and list((tmp_path / "temp").iterdir()) == []
+    assert not out.exists()  # refused before any output
 
 
 def test_cases_are_read_like_neuroad_batch(tmp_path):

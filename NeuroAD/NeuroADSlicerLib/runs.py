@@ -1,5 +1,6 @@
 """Runs of the engine from Slicer: a worker request made from scene nodes, its progress and
-cancellation, its outputs as nodes; blocking use from scripts; batches over files.
+cancellation, its outputs as nodes; blocking use from scripts; batches over files, one case
+after another in one worker or on a Dask cluster (`neuroad batch --cluster`).
 
 A run object has `start()`, `poll()` (new worker events; drives the run forward), `cancel()`
 (cooperative: the worker's stop file, then a kill of its process tree after a grace period),
@@ -25,6 +26,8 @@ from .worker import WORKER_MODULE, WorkerProcess, WorkerSettings
 
 STOP_FILE = "stop"
 SUMMARY = "summary.csv"
+ENGINE_CLI = "NeuroADLib"  # `python -m NeuroADLib`: the neuroad command
+CASE_FIELDS = ("case", "status", "exit_code", "message")
 
 
 class RunState(Enum):
@@ -56,6 +59,13 @@ class RunProgress:
         done = event["step"] - 1 + (event["substep"] / substeps if substeps else 0.0)
         stage = event["stage"] + (f" ({event['substep']}/{substeps})" if substeps else "")
         return cls(stage, done / max(event["total"], 1), event.get("eta_s"), bool(substeps))
+
+    @classmethod
+    def fromBatchEvent(cls, event: dict) -> RunProgress:
+        """From a `batch` event of `neuroad batch --events`: the cases finished of the total."""
+        finished, total = event["done"] + event["failed"], max(event["total"], 1)
+        return cls(f"{finished}/{event['total']} cases, {event['failed']} failed, "
+                   f"{event['running']} running", finished / total, event.get("eta_s"))
 
     def text(self) -> str:
         if self.etaSeconds is None:
@@ -91,6 +101,8 @@ def errorHint(code: int) -> str:
         errors.EXIT_OUT_OF_MEMORY: "Close other programs, or choose Device: CPU; on a shared "
                                    "GPU pick a free one with CUDA_VISIBLE_DEVICES.",
         errors.EXIT_OUTPUT: "The output folder is not writable: choose another one.",
+        errors.EXIT_CLUSTER: "Check the cluster: slicer.util.pip_install(\"dask[distributed] "
+                             "dask-jobqueue\") once, and that its scheduler is running.",
         errors.EXIT_INTERNAL: "This is a bug: please report it with the log.",
     }.get(code, "")
 
@@ -530,8 +542,90 @@ class BatchRun:
         self.progress = RunProgress("done", 1.0)
 
     def _writeSummary(self) -> None:
-        fields = list(dict.fromkeys(key for entry in self.summary for key in entry))
-        with self.summaryPath.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.summary)
+        writeTable(self.summaryPath, self.summary)
+
+
+def writeTable(path: Path, rows: Sequence[dict]) -> None:
+    """Rows as a CSV table, its columns those of every row in order (blank where missing)."""
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class ClusterBatchRun(BatchRun):
+    """A batch on a Dask cluster: one `neuroad batch --cluster SPEC --events` process (SPEC:
+    local:N, tcp://host:8786, scheduler.json, or slurm with `clusterConfig`), whose batch
+    events become the progress and whose case events become `summary` rows and `log` lines
+    until, at its end, `summary` is out/summary.csv. Exit 0, or 3 without an error line (some
+    case failed: its row says why), succeeds; any other end (a refused table exits 3 too) is a
+    RunError with the engine's `neuroad: error:` message and exit code.
+    `cancel` kills the process tree at once: finished cases stay, and a rerun resumes."""
+
+    def __init__(self, cases: str | Path | Sequence[dict], methods: Sequence[str],
+                 out: str | Path, cluster: str, clusterConfig: str | Path | None = None,
+                 device: str = "auto", options: dict | None = None,
+                 settings: WorkerSettings | None = None):
+        super().__init__(cases, methods, out, device, options, settings)
+        self.cluster = str(cluster)
+        self.clusterConfig = clusterConfig
+        self.log: list[str] = []
+
+    def start(self) -> None:
+        rows = None if isinstance(self.cases, str | Path) else readCases(self.cases)
+        self.folder = Path(tempfile.mkdtemp(prefix="NeuroAD-cluster-"))
+        table = Path(self.cases) if rows is None else self.folder / "cases.csv"
+        if rows is not None:
+            writeTable(table, rows)
+        args = [str(table), "--out", str(self.out), "--cluster", self.cluster, "--device",
+                self.device, "--events", *(f"--method={name}" for name in self.methods),
+                *(f"--option={method}.{name}={json.dumps(value)}"
+                  for method, values in self.options.items() for name, value in values.items())]
+        if self.clusterConfig is not None:
+            args += ["--cluster-config", str(self.clusterConfig)]
+        self.process = WorkerProcess(self.settings.command(ENGINE_CLI, "batch", *args),
+                                     self.folder, self.settings.env(self.device))
+        self.process.start()
+        self.progress = RunProgress(f"starting the cluster {self.cluster}")
+
+    def cancel(self) -> None:
+        self.abort()
+
+    def _apply(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "batch":
+            self.progress = RunProgress.fromBatchEvent(event)
+        elif kind == "case":
+            self.summary.append({key: event[key] for key in CASE_FIELDS})
+            self.log.append(caseLine(event))
+        elif kind == "log":
+            self.log.append(event["message"])
+
+    def _end(self) -> None:
+        from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED
+
+        code, details = self.process.returncode, self.process.stderrTail()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        errors = [line.removeprefix("neuroad: ").removeprefix("error: ")
+                  for line in details.splitlines() if line.startswith("neuroad: ")]
+        if self._cancelAt is not None:
+            self.state = RunState.CANCELLED
+            self.error = RunError(f"Cancelled; the finished cases are in {self.out}: run the "
+                                  "batch again to resume.", EXIT_CANCELLED, "Cancelled", details)
+        elif code in (0, EXIT_BAD_INPUT) and not errors:  # 3 and no error: a case failed
+            with self.summaryPath.open(newline="") as handle:
+                self.summary = [{**row, "exit_code": int(row["exit_code"])}
+                                for row in csv.DictReader(handle)]
+            self.state = RunState.SUCCEEDED
+            self.progress = RunProgress("done", 1.0)
+        else:
+            self.state = RunState.FAILED
+            self.error = RunError(errors[-1] if errors else f"The batch stopped unexpectedly "
+                                  f"(exit code {code}).", code, "BatchFailed", details)
+
+
+def caseLine(event: dict) -> str:
+    """A log line for a `case` event of `neuroad batch --events`."""
+    message = f": {event['message']}" if event.get("message") else ""
+    return f"{event['case']}: {event['status']}{message}"

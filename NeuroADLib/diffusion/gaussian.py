@@ -35,6 +35,20 @@ class GaussianDiffusion:
     beta_start: float = 0.0015
     beta_end: float = 0.0195
 
+    def to_dict(self) -> dict:
+        """What a bundle records of its diffusion process (the loader builds from it)."""
+        return {"schedule": "linear_beta", "num_timesteps": self.num_timesteps,
+                "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GaussianDiffusion:
+        """The process a bundle recorded; a schedule other than linear is refused."""
+        values = dict(values)
+        schedule = values.pop("schedule", "linear_beta")
+        if schedule != "linear_beta":
+            raise ValueError(f"GaussianDiffusion has a linear beta schedule, not {schedule!r}.")
+        return cls(**values)
+
     def __post_init__(self) -> None:
         from monai.networks.schedulers import DDPMScheduler
 

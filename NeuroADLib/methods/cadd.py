@@ -27,7 +27,7 @@ from ..diffusion.inpainting import (
     kl_maps,
     reconstruct,
 )
-from ..errors import UsageError
+from ..errors import ModelError, UsageError
 from ..networks.autoencoder import decode_volume, encode_volume, load_autoencoder
 from ..networks.latte import LatteConfig, LatteTransformer
 from ..progress import StepCallback
@@ -169,6 +169,11 @@ def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> 
     bundle = json.loads((folder / "manifest.json").read_text()) if (
         folder / "manifest.json").is_file() else {}
     settings = InpaintingSettings(**{**bundle.get("inference", {}), **(options or {})})
+    if "diffusion" not in manifest:
+        raise ModelError(f"{folder / 'transformer' / 'manifest.json'} does not record its "
+                         "diffusion process (schedule, steps, betas): retrain the transformer "
+                         "with this version of NeuroAD.")
     return CADDModel(autoencoder, transformer.eval(), float(manifest["latent_scale"]),
-                     settings, VARIANTS[variant], percentiles, GaussianDiffusion())
+                     settings, VARIANTS[variant], percentiles,
+                     GaussianDiffusion.from_dict(manifest["diffusion"]))
 

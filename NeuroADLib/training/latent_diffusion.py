@@ -131,7 +131,7 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     write_manifest(
         out, id=f"cadd-transformer-{config_name}-ixi-2mm", method="cadd-transformer",
         version="1", config=config.to_dict(), config_name=config_name,
-        latent_scale=scale, training=asdict(training),
+        diffusion=diffusion.to_dict(), latent_scale=scale, training=asdict(training),
         autoencoder={"id": ae_manifest["id"], "sha256": ae_sha256},
         device=device, seconds=round(time.perf_counter() - began, 1), weights="float16",
         training_data={"cohort": cohort.name, "train": train.subjects},
