@@ -313,7 +313,7 @@ def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLi
                           show_progress), device, options)
     from .cluster import connect
 
-    connection = connect(cluster, cluster_config, threads)  # refused before any output
+    connection = connect(cluster, cluster_config, threads, device)  # before any output
     try:
         return _run_cases(rows, methods, out, summary_name, progress_to(rows, on_event,
                           show_progress), device, options, connection)

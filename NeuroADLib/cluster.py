@@ -311,13 +311,16 @@ class ClusterConnection:
             cluster.close()
 
 
-def connect(spec, cluster_config: str | os.PathLike | None = None,
-            threads: int | None = None) -> ClusterConnection:
-    """Connect to (or start) the cluster a SPEC names (see SPEC_HELP), or use a Client."""
+def connect(spec, cluster_config: str | os.PathLike | None = None, threads: int | None = None,
+            device: str = "auto") -> ClusterConnection:
+    """Connect to (or start) the cluster a SPEC names (see SPEC_HELP), or use a Client. With
+    `device` cuda, the cluster must offer workers with the GPU resource (local:N gives each
+    worker one), or the cases' inference tasks would wait for ever."""
     distributed = _dask()
     if isinstance(spec, distributed.Client):
-        return ClusterConnection(spec, spec.scheduler_info().get("address", "client"),
-                                 threads, owns_client=False)
+        connection = ClusterConnection(spec, spec.scheduler_info().get("address", "client"),
+                                       threads, owns_client=False)
+        return _with_gpu_workers(connection, device)
     spec = str(spec)
     if cluster_config is not None and spec != "slurm":
         raise UsageError("--cluster-config goes with --cluster slurm.")
@@ -326,8 +329,9 @@ def connect(spec, cluster_config: str | os.PathLike | None = None,
         if not count.isdigit() or int(count) < 1:
             raise UsageError(f"--cluster {spec}: local:N needs a worker count N >= 1.")
         workers = int(count)
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                           processes=True, dashboard_address=":0")
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            resources={"GPU": 1} if device == "cuda" else None)
         return ClusterConnection(distributed.Client(cluster), spec,
                                  threads or max(1, _available_cores() // workers), (cluster,))
     if spec == "slurm":
@@ -335,6 +339,9 @@ def connect(spec, cluster_config: str | os.PathLike | None = None,
             raise UsageError("--cluster slurm needs --cluster-config FILE (cores, memory, "
                              "walltime, queue, gpus, jobs or adaptive; see the README).")
         config = read_slurm_config(cluster_config)
+        if device == "cuda" and not config.gpus:
+            raise UsageError(f"--device cuda needs GPU workers: set gpus (per job) in "
+                             f"{cluster_config}, or use --device auto.")
         cluster = slurm_cluster(config)
         start_jobs(cluster, config)
         return ClusterConnection(distributed.Client(cluster), spec,
@@ -351,7 +358,21 @@ def connect(spec, cluster_config: str | os.PathLike | None = None,
     except OSError as error:
         raise ClusterError(f"Cannot reach the Dask scheduler {spec} ({error}): start it "
                            "(`dask scheduler`) or check the address.") from None
-    return ClusterConnection(client, spec, threads)
+    return _with_gpu_workers(ClusterConnection(client, spec, threads), device)
+
+
+def _with_gpu_workers(connection: ClusterConnection, device: str) -> ClusterConnection:
+    """The connection, once sure that --device cuda cases can be placed (a worker offers the
+    GPU resource); otherwise closed, with a ClusterError that says how to start one."""
+    if device != "cuda":
+        return connection
+    workers = connection.client.scheduler_info().get("workers", {}).values()
+    if any(worker.get("resources", {}).get("GPU", 0) > 0 for worker in workers):
+        return connection
+    connection.close()
+    raise ClusterError(f"No worker of the cluster {connection.spec} offers the GPU resource "
+                       "that --device cuda cases run on: start GPU workers with `dask worker "
+                       "SCHEDULER --resources GPU=1` (one per GPU), or use --device auto.")
 
 
 def window_size(client) -> int:

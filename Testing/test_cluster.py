@@ -197,6 +197,31 @@ def test_an_interrupted_batch_resumes_without_redoing_finished_cases(tmp_path):
     assert leftovers(out) == []
 
 
+def test_cuda_cases_need_a_worker_that_offers_a_gpu(client, tmp_path):
+    table = write_table(tmp_path / "cases.csv", [f"{tmp_path / 'scan.nii.gz'},50,F"])
+    with pytest.raises(ClusterError, match="offers the GPU resource.*--resources GPU=1"):
+        run_batch(table, ["zscore"], tmp_path / "out", show_progress=False, cluster=client,
+                  device="cuda")
+    assert not (tmp_path / "out").exists()
+    config = tmp_path / "slurm.yaml"
+    config.write_text("cores: 4\nmemory: 8GB\n")
+    with pytest.raises(UsageError, match="set gpus"):
+        run_batch(table, ["zscore"], tmp_path / "out", show_progress=False, cluster="slurm",
+                  cluster_config=config, device="cuda")
+
+
+@pytest.mark.slow
+def test_cuda_cases_on_local_workers_without_cuda_fail_alone_and_never_hang(tmp_path):
+    table = write_table(tmp_path / "cases.csv", ixi_rows(["IXI052-HH-1343"]))
+    summary = run_batch(table, ["zscore"], tmp_path / "out", show_progress=False,
+                        cluster="local:1", threads=1, device="cuda")
+    (row,) = read_summary(summary)
+    if row["status"] == "ok":  # a machine with a CUDA GPU
+        return
+    assert row["exit_code"] == str(UsageError.exit_code) and "no CUDA GPU" in row["message"]
+    assert leftovers(tmp_path / "out") == []
+
+
 def test_the_window_of_cases_in_flight_is_bounded(client, tmp_path):
     table = write_table(tmp_path / "cases.csv",
                         [f"{tmp_path / f'scan{i}.nii.gz'},50,F" for i in range(30)])
