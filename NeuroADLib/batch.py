@@ -309,21 +309,17 @@ def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLi
         summary_name = shard_summary_name((index, count))
     out = check_writable(out)
     if cluster is None:
-        return _run_cases(rows, methods, out, summary_name, progress_to(rows, on_event,
-                          show_progress), device, options)
+        progress = BatchProgress(len(rows), on_event, show_progress)
+        return _run_cases(rows, methods, out, summary_name, progress, device, options)
     from .cluster import connect
 
     connection = connect(cluster, cluster_config, threads, device)  # before any output
     try:
-        return _run_cases(rows, methods, out, summary_name, progress_to(rows, on_event,
-                          show_progress), device, options, connection)
+        progress = BatchProgress(len(rows), on_event, show_progress)
+        return _run_cases(rows, methods, out, summary_name, progress, device, options,
+                          connection)
     finally:
         connection.close()
-
-
-def progress_to(rows: list[dict], on_event: EventCallback | None,
-                show_bar: bool) -> BatchProgress:
-    return BatchProgress(len(rows), on_event, show_bar)
 
 
 def _run_cases(rows: list[dict], methods: list[str], out: Path, summary_name: str,

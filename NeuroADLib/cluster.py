@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .batch import (
     STAGING,
@@ -32,6 +33,10 @@ from .batch import (
     failed_entry,
 )
 from .errors import EXIT_INTERNAL, ClusterError, UsageError
+
+if TYPE_CHECKING:  # the engine's heavy imports wait for a worker's first task
+    from .pipeline import PreparedScan
+    from .subject import Subject
 
 try:  # an optional extra: without it, --cluster says how to install it
     import distributed
@@ -126,8 +131,8 @@ def _plugin() -> NeuroADWorker:
 class PreparedCase:
     """What `prepare_case` hands to `infer_case`: the subject and the scan on the grid."""
 
-    subject: object
-    scan: object
+    subject: Subject
+    scan: PreparedScan
 
 
 def prepare_case(row: dict, methods: list[str], options: dict, seed: int = 0):
@@ -266,10 +271,14 @@ def read_slurm_config(path: str | os.PathLike) -> SlurmConfig:
         raise UsageError(f"Cluster config {path}: unknown setting(s) {', '.join(unknown)}; "
                          f"known: {', '.join(named)}.")
     try:
-        return SlurmConfig(**values)
+        config = SlurmConfig(**values)
     except TypeError as error:
         raise UsageError(f"Cluster config {path}: {error} (cores and memory are needed, e.g. "
                          "cores: 8, memory: 32GB).") from None
+    if config.gpus and config.processes > 1:
+        raise UsageError(f"Cluster config {path}: with gpus, keep one worker process per job "
+                         "(processes: 1): every process of a job would claim all its GPUs.")
+    return config
 
 
 def slurm_cluster(config: SlurmConfig):

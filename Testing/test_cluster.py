@@ -317,3 +317,6 @@ def test_a_slurm_config_with_unknown_or_missing_settings_is_refused(tmp_path):
     path.write_text("memory: 32GB\n")
     with pytest.raises(UsageError, match="cores and memory are needed"):
         read_slurm_config(path)
+    path.write_text("cores: 8\nmemory: 32GB\ngpus: 2\nprocesses: 2\n")
+    with pytest.raises(UsageError, match="processes: 1"):
+        read_slurm_config(path)
