@@ -254,9 +254,14 @@ class BatchProgress:
         self._bar.update(1)
         self.report(entry)
 
-    def report(self, entry: dict | None = None) -> dict:
+    @property
+    def cases_per_min(self) -> float | None:
+        """Throughput of the cases run by this batch (not those done before)."""
         elapsed = time.monotonic() - self.started
-        rate = self.finished_here / elapsed * 60 if self.finished_here and elapsed > 0 else None
+        return self.finished_here / elapsed * 60 if self.finished_here and elapsed > 0 else None
+
+    def report(self, entry: dict | None = None) -> dict:
+        rate = self.cases_per_min
         left = self.total - self.done - self.failed
         event = {"event": "batch", "total": self.total, "done": self.done,
                  "failed": self.failed, "running": self.running,
@@ -355,7 +360,7 @@ def _run_cases(rows: list[dict], methods: list[str], out: Path, summary_name: st
                                                                                  ".json"),
                         {"cluster": connection.spec, "cases_run": len(to_run),
                          "wall_s": round(time.monotonic() - start, 1),
-                         "cases_per_min": progress.report()["cases_per_min"],
+                         "cases_per_min": round(progress.cases_per_min or 0.0, 2),
                          "workers": workers})
     finally:
         summary.write(final=True)
