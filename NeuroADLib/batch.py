@@ -35,7 +35,7 @@ from .errors import (
     NeuroADError,
     UsageError,
 )
-from .guards import check_options
+from .options import check_options
 from .outputs import check_writable, remove_stale_staging
 
 SUMMARY = "summary.csv"

@@ -276,9 +276,9 @@ def _make_benchmarks(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .device import select_device
     from .evaluation.harness import evaluate
-    from .guards import check_options
     from .methods import load_method
     from .models import find_bundle, verify_bundle
+    from .options import check_options
 
     options = check_options(_parse_options(args.option))
     device = select_device(args.device)

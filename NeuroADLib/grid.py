@@ -8,9 +8,12 @@ these world coordinates in their header, so a viewer overlays them on the templa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # SimpleITK loads when a grid image is made: grid packs need none of it
+    import SimpleITK as sitk
 
 # The brain of the MNI152 2009a template spans x -72..72, y -107..73, z -72..82 mm (centre
 # 0, -17, 5). The default 2 mm grid of 96 x 112 x 96 voxels is centred there, leaving about
@@ -30,9 +33,13 @@ class GridSpec:
     origin_ras: tuple[float, float, float] = _DEFAULT_ORIGIN_RAS
     template: str = "mni_icbm152_2009a"
 
-    def reference_image(self, pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
-        """An empty image on this grid. SimpleITK works in LPS, so R and A axes are flipped."""
-        image = sitk.Image([int(s) for s in self.shape], pixel_type)
+    def reference_image(self, pixel_type: int | None = None) -> sitk.Image:
+        """An empty image on this grid (float32 unless `pixel_type`, a SimpleITK pixel type).
+        SimpleITK works in LPS, so R and A axes are flipped."""
+        import SimpleITK as sitk
+
+        image = sitk.Image([int(s) for s in self.shape],
+                           sitk.sitkFloat32 if pixel_type is None else pixel_type)
         image.SetSpacing([float(s) for s in self.spacing])
         x, y, z = self.origin_ras
         image.SetOrigin((-float(x), -float(y), float(z)))

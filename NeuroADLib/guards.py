@@ -20,10 +20,10 @@ from .errors import (
     BrainMaskError,
     ImplausibleVolumeError,
     NotEnoughMemory,
-    OptionError,
     UsageError,
 )
-from .methods.registry import METHODS, validate_options
+from .methods.registry import METHODS
+from .options import check_options
 from .volumes import VolumeHeader, check_header, joined, read_header, read_image
 
 # Environment variable: the most memory (MB) a run may use, below what the machine has free.
@@ -85,18 +85,6 @@ def check_run(source: str | os.PathLike, methods: list[str],
         check_brain_mask(brain_mask, header, limits)
     check_memory(header, methods, memory)
     return checked
-
-
-def check_options(options: dict | None) -> dict[str, dict]:
-    """{method: {option: value}} checked against the registry (names, types, ranges)."""
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise OptionError(f"Options must map method names to their options, not {options!r}.")
-    try:
-        return {name: validate_options(name, values) for name, values in options.items()}
-    except ValueError as error:
-        raise OptionError(str(error)) from None
 
 
 def check_scan(source: str | os.PathLike, limits: HeadLimits | None = None) -> VolumeHeader:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from .fluid import advect_diffuse, random_velocity
@@ -51,6 +50,8 @@ class Synthetic:
 def load_library(folder: str | os.PathLike) -> list[np.ndarray]:
     """Lesion shapes: every connected component of every mask (*.nii.gz, *.nrrd, ...) in
     `folder`, cropped to its bounding box. Masks must be on the model grid's spacing."""
+    import SimpleITK as sitk  # only here: synthesis itself runs where SimpleITK is absent
+
     shapes = []
     for path in sorted(Path(folder).iterdir()):
         if path.name.startswith(".") or not path.is_file():
