@@ -28,8 +28,9 @@ from ..diffusion.inpainting import (
     reconstruct,
 )
 from ..errors import ModelError, UsageError
+from ..models.weights import load_weights
 from ..networks.autoencoder import decode_volume, encode_volume, load_autoencoder
-from ..networks.latte import LatteConfig, LatteTransformer
+from ..networks.latte import TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
 from ..progress import StepCallback
 from ..subject import UNKNOWN, Subject
 
@@ -160,8 +161,7 @@ def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> 
     config = LatteConfig(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in manifest["config"].items()})
     transformer = LatteTransformer(config)
-    transformer.load_state_dict(load_file(str(folder / "transformer" /
-                                              "transformer.safetensors")))
+    transformer.load_state_dict(load_weights(folder / "transformer", TRANSFORMER_WEIGHTS))
     percentiles = {}
     if (folder / PERCENTILES_FILE).is_file():
         percentiles = {key: value if key == LEVELS_KEY else value.float()

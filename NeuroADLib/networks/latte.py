@@ -36,6 +36,8 @@ class LatteConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+TRANSFORMER_WEIGHTS = "transformer"  # transformer.safetensors, or its shards
+
 LATTE_CONFIGS = {
     "default": LatteConfig(),
     "paper": LatteConfig(hidden=1024, depth=28, heads=16),

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ..diffusion import GaussianDiffusion, hybrid_loss
+from ..models.weights import save_weights
 from ..networks.autoencoder import encode_volume, load_autoencoder
-from ..networks.latte import LATTE_CONFIGS, LatteConfig, LatteTransformer
+from ..networks.latte import LATTE_CONFIGS, TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
 from .data import load_split
 from .loop import LoopSettings, run_training
 from .provenance import CHECKPOINT, half_precision, sha256, write_manifest
@@ -84,8 +85,6 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     """Train (or resume) on `device`; `cohort_dir` is a prepared cohort folder or its grid
     pack. Random draws come from CPU generators, so the data order does not depend on the
     device."""
-    from safetensors.torch import save_file
-
     training = training or LatentDiffusionTraining()
     cohort, out = Path(cohort_dir), Path(out)
     checkpoint = out / CHECKPOINT
@@ -127,7 +126,7 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     history = run_training(out, {"transformer": model}, {"adam": optimiser}, step,
                            LoopSettings(training.steps, training.seed,
                                         training.checkpoint_every, training.log_every), log)
-    save_file(half_precision(model.state_dict()), str(out / "transformer.safetensors"))
+    save_weights(half_precision(model.state_dict()), out, TRANSFORMER_WEIGHTS)
     write_manifest(
         out, id=f"cadd-transformer-{config_name}-ixi-2mm", method="cadd-transformer",
         version="1", config=config.to_dict(), config_name=config_name,

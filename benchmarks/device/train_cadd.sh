@@ -17,4 +17,4 @@ neuroad train autoencoder --cohort .device/ixi_2mm.npz --out "$work/autoencoder"
 cp "$work"/autoencoder/{autoencoder.safetensors,manifest.json} "$OUT/autoencoder/"
 neuroad train transformer --cohort .device/ixi_2mm.npz --autoencoder "$work/autoencoder" \
     --out "$work/transformer" --device cuda 2>&1 | tee "$OUT/transformer.log"
-cp "$work"/transformer/{transformer.safetensors,manifest.json} "$OUT/transformer/"
+cp "$work"/transformer/transformer*.safetensors "$work"/transformer/manifest.json "$OUT/transformer/"
