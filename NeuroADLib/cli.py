@@ -372,7 +372,7 @@ def _print_event(event: dict) -> None:
 
 def _parse_options(items: list[str] | None) -> dict[str, dict]:
     """--option METHOD.NAME=VALUE (numbers as numbers) -> {method: {name: value}}; the values
-    are checked against the registry (guards.check_options) before any work."""
+    are checked against the registry (options.check_options) before any work."""
     options: dict[str, dict] = {}
     for item in items or []:
         key, _, value = item.partition("=")

@@ -57,10 +57,13 @@ class PreparedScan:
     results back. A batch on a cluster prepares scans on CPU workers and sends them, pickled,
     to the workers that run the methods."""
 
-    native: sitk.Image
     case: PreprocessResult
     input_info: dict
     preprocess_s: float
+
+    @property
+    def native(self) -> sitk.Image:
+        return self.case.native
 
     @property
     def grid_image(self) -> np.ndarray:
@@ -138,7 +141,7 @@ def prepare_scan(source: str | os.PathLike, brain_mask: str | os.PathLike | None
     case = preprocess(native, brain_mask=brain_mask, seed=seed, progress=progress)
     input_info = {"path": str(source), "geometry": geometry_of(native),
                   "sha256": sha256(Path(source)) if Path(source).is_file() else ""}
-    return PreparedScan(native, case, input_info, time.perf_counter() - start)
+    return PreparedScan(case, input_info, time.perf_counter() - start)
 
 
 def run_methods(scan: PreparedScan, loaded: dict[str, tuple], subject: Subject,
