@@ -48,7 +48,8 @@ EXAMPLES = {
              "--autoencoder models/autoencoder --out models/transformer\n"
              "  neuroad train cadd --cohort ~/neuroad-cache/ixi_2mm "
              "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd"
-             "\n  neuroad train mad_ad --cohort ~/neuroad-cache/ixi_2mm --out models/mad_ad",
+             "\n  neuroad train mad_ad --cohort ~/neuroad-cache/ixi_2mm --out models/mad_ad"
+             "\n  neuroad train cddpm --cohort ~/neuroad-cache/ixi_2mm --out models/cddpm",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore "
@@ -208,6 +209,19 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
     train_mad_ad(args.cohort, args.out, training, device)
 
 
+def _train_cddpm(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
+    from .training.cddpm import CDDPMTraining, train_cddpm
+
+    training = CDDPMTraining(config=args.config)
+    if args.steps:
+        training = replace(training, steps=args.steps)
+    if args.acquisition_copies is not None:
+        training = replace(training, acquisition_copies=args.acquisition_copies)
+    train_cddpm(args.cohort, args.out, training, device)
+
+
 # What `neuroad train NAME` runs: (trainer, whether it trains with torch, help).
 TRAINERS = {
     "zscore": (_train_zscore, False, "the voxel-wise normative model"),
@@ -217,6 +231,8 @@ TRAINERS = {
                                 "--autoencoder and --transformer)"),
     "mad_ad": (_train_mad_ad, True, "MAD-AD: slice autoencoder, masked-diffusion UNet and "
                                     "calibration, in one resumable run"),
+    "cddpm": (_train_cddpm, True, "cDDPM: encoder and conditioned UNet end to end, and "
+                                  "calibration, in one resumable run"),
 }
 
 
@@ -504,15 +520,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--acquisition-copies", type=int, choices=range(0, 11), metavar="N",
-                   help="zscore / mad_ad: acquisition-augmented copies of every training scan "
-                   "(defaults 2 / 1; 0 for none)")
+                   help="zscore / mad_ad / cddpm: acquisition-augmented copies of every training "
+                   "scan (defaults 2 / 1 / 1; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
-                   help="autoencoder / transformer / mad_ad: named network size")
-    p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet): "
-                                             "training steps")
+                   help="autoencoder / transformer / mad_ad / cddpm: named network size")
+    p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
+                                             "cddpm: training steps")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

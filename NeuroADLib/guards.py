@@ -58,7 +58,7 @@ class MemoryModel:
     `neuroad preprocess` of the demo resampled to 256 x 224 x 142 (skull on) 1572 MB; `run`
     cadd (respacing 10) on the demo 1090 MB; `run` mad_ad (default config, 2 threads) on the
     demo 1026 MB and on an IXI scan 1017 MB, where zscore peaks at 647 and 503 MB
-    (benchmarks/mad_ad_cost.sh)."""
+    (benchmarks/method_cost.sh)."""
 
     base_mb: float = 500.0
     bytes_per_voxel: float = 200.0

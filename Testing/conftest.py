@@ -141,3 +141,23 @@ def tiny_mad_ad_bundle(root: Path) -> tuple[Path, Path]:
 
     cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
     return cohort, train_mad_ad(cohort, root / "mad_ad", tiny_mad_ad_training(), log=_quiet)
+
+
+def tiny_cddpm_training():
+    """cDDPM's tiny network trained for two steps, checkpointed every step, run with two
+    noise levels and a 3^3 median filter."""
+    from NeuroADLib.methods.cddpm import CDDPMSettings
+    from NeuroADLib.training.cddpm import CDDPMTraining
+
+    return CDDPMTraining(config="tiny", steps=2, batch_size=4,
+                         inference=CDDPMSettings(levels=2, median_size=3, erosion=1),
+                         acquisition_copies=1, checkpoint_every=1, log_every=1)
+
+
+def tiny_cddpm_bundle(root: Path) -> tuple[Path, Path]:
+    """A fabricated cohort of 8 subjects (32^3) and a cDDPM bundle (root/cddpm) of
+    `tiny_cddpm_training` on it."""
+    from NeuroADLib.training.cddpm import train_cddpm
+
+    cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
+    return cohort, train_cddpm(cohort, root / "cddpm", tiny_cddpm_training(), log=_quiet)

@@ -89,15 +89,14 @@ def test_implausible_geometries_are_refused_with_their_numbers(size, spacing, wo
         assert word in str(caught.value)
 
 
-def test_a_20_mm_header_is_refused_from_the_header_at_once(tmp_path):
-    """What ran 13 minutes and reached 21.5 GB: 96 x 96 x 60 voxels of 20 mm."""
+def test_a_20_mm_header_is_refused_from_the_header(tmp_path):
+    """What ran 13 minutes and reached 21.5 GB: 96 x 96 x 60 voxels of 20 mm. (That only the
+    header is read is test_header_is_read_without_the_voxels.)"""
     path = tmp_path / "cm.nii.gz"
     nib.save(nib.Nifti1Image(np.random.rand(60, 96, 96).astype(np.float32),
                              np.diag([20.0, 20.0, 20.0, 1.0])), path)
-    start = time.perf_counter()
     with pytest.raises(ImplausibleVolumeError, match="cm"):
         check_run(path, ["cadd"])
-    assert time.perf_counter() - start < 1.0
 
 
 def test_header_is_read_without_the_voxels(tmp_path):

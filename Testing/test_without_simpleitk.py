@@ -13,12 +13,14 @@ SCRIPT = """
 import NeuroADLib.cli as cli
 import NeuroADLib.evaluation.harness
 import NeuroADLib.training.mad_ad
+import NeuroADLib.training.cddpm
 import NeuroADLib.training.latent_diffusion
 import NeuroADLib.methods.mad_ad
+import NeuroADLib.methods.cddpm
 import NeuroADLib.methods.cadd
 cli.build_parser().parse_args(["train", "mad_ad", "--cohort", "pack.npz", "--out", "x"])
 from NeuroADLib.options import check_options
-check_options({"mad_ad": {"steps": 5}})
+check_options({"mad_ad": {"steps": 5}, "cddpm": {"levels": 1}})
 print("ok")
 """
 

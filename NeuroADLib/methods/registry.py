@@ -99,6 +99,19 @@ MAD_AD_OPTION_SPECS = {
     "seed": OptionSpec(int, 0, 2**32 - 1),
 }
 
+# cDDPM's inference knobs and the paper's defaults (CDDPMSettings mirrors them; a test keeps
+# the two equal). Its diffusion has T = 1000 levels.
+CDDPM_OPTIONS = {"t_min": 250, "t_max": 750, "levels": 3, "median_size": 5, "erosion": 3,
+                 "seed": 42}
+CDDPM_OPTION_SPECS = {
+    "t_min": OptionSpec(int, 0, 999),
+    "t_max": OptionSpec(int, 0, 999),
+    "levels": OptionSpec(int, 1, 10),
+    "median_size": OptionSpec(int, 1, 9),
+    "erosion": OptionSpec(int, 0, 10),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
+
 ZSCORE_LOADER = "NeuroADLib.methods.zscore:load_zscore"
 CADD_LOADER = "NeuroADLib.methods.cadd:load_cadd"
 
@@ -126,6 +139,11 @@ METHODS = {
                          "mad_ad", "NeuroADLib.methods.mad_ad:load_mad_ad",
                          options=MAD_AD_OPTIONS, option_specs=MAD_AD_OPTION_SPECS,
                          calibration="calibration_mad_ad"),
+    "cddpm": MethodInfo("cddpm", "cDDPM: a DDPM on axial slices conditioned on an encoding of "
+                        "the clean input; one-step reconstructions from simplex noise at "
+                        "three levels, averaged.", "cddpm",
+                        "NeuroADLib.methods.cddpm:load_cddpm", options=CDDPM_OPTIONS,
+                        option_specs=CDDPM_OPTION_SPECS, calibration="calibration_cddpm"),
 }
 
 
@@ -167,4 +185,9 @@ def validate_options(name: str, options: dict | None) -> dict:
             raise ValueError(f"{name}.respacing={merged['respacing']} does not divide "
                              f"{name}.level_step={merged['level_step']}: choose a divisor "
                              "(e.g. 1, 5, 10 or 25 for level_step 50).")
+    if METHODS[name].family == "cddpm":
+        merged = {**METHODS[name].options, **checked}
+        if merged["t_min"] > merged["t_max"]:
+            raise ValueError(f"{name}.t_min={merged['t_min']} is above "
+                             f"{name}.t_max={merged['t_max']}: t_min must be at most t_max.")
     return checked

@@ -27,7 +27,7 @@ import torch
 
 from ..diffusion.process import DiffusionProcess
 from ..evaluation.metrics import mae_psnr_ssim
-from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
+from ..methods.base import HEALTHY_FPR
 from ..methods.mad_ad import (
     AUTOENCODER_FOLDER,
     DENOISER_FOLDER,
@@ -39,10 +39,10 @@ from ..methods.mad_ad import (
 from ..networks.autoencoder import AutoencoderConfig, build_autoencoder, build_discriminator
 from ..networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet
 from ..slices import brain_slices
-from .data import CohortSplit, load_split
-from .harmonisation import augmented_split, cohort_grid, fit_cohort_standard, harmonised_split
+from .data import CohortSplit
 from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
+from .slice_data import SliceSet, calibrate_on_validation, prepare_slices
 
 SLICE_AUTOENCODER_CONFIGS = {
     # 112 x 96 slices -> 4 x 28 x 24 latents (4x, 4 channels), sized for 2 CPU cores
@@ -89,30 +89,6 @@ class MADADTraining:
     seed: int = 0
 
 
-@dataclass
-class SliceSet:
-    """The training scans as a pool of axial brain slices: (volume, z) pairs."""
-
-    images: list[np.ndarray]
-    masks: list[np.ndarray]
-    pairs: np.ndarray  # (n, 2) volume index, slice index
-
-    @classmethod
-    def of(cls, split: CohortSplit) -> SliceSet:
-        pairs = [(k, int(z)) for k, mask in enumerate(split.masks) for z in brain_slices(mask)]
-        return cls(split.images, split.masks, np.array(pairs))
-
-    def batch(self, rows: np.ndarray, flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, brain masks) as (n, 1, y, x) tensors, left-right flipped where `flips`."""
-        images, masks = [], []
-        for (k, z), flip in zip(self.pairs[rows], flips, strict=True):
-            image, mask = self.images[k][z], self.masks[k][z].astype(np.float32)
-            images.append(image[:, ::-1] if flip else image)
-            masks.append(mask[:, ::-1] if flip else mask)
-        return (torch.from_numpy(np.stack(images)[:, None].astype(np.float32)),
-                torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)))
-
-
 def random_patch_mask(brain: torch.Tensor, rng: np.random.Generator, ratio_max: float,
                       patch_sizes: tuple[int, ...]) -> torch.Tensor:
     """MAD-AD's training masks (section 4.1) for a batch of latent brain masks (n, 1, h, w):
@@ -138,22 +114,6 @@ def masked_diffusion_loss(denoiser: MaskedUNet, diffusion, z0: torch.Tensor,
     mse = torch.nn.functional.mse_loss(estimate, z0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, noised)
     return mse + mask_loss_weight * bce, {"mse": mse.item(), "bce": bce.item()}
-
-
-def prepare_slices(cohort: Path, copies: int, seed: int, log=print):
-    """The harmonised training scans (+ `copies` augmented copies each), the harmonised
-    validation split, and the intensity standard they were harmonised to."""
-    began = time.perf_counter()
-    train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
-    standard, (fitted, validation) = fit_cohort_standard(train, [train, validation],
-                                                         cohort_grid(cohort))
-    if copies:
-        augmented = harmonised_split(augmented_split(train, copies, seed), standard)
-        fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
-                             fitted.rows + augmented.rows)
-    log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
-        f"{len(validation.rows)} validation scans: {time.perf_counter() - began:.0f} s")
-    return fitted, validation, standard, train.subjects
 
 
 def train_slice_autoencoder(slices: SliceSet, out: Path, config: AutoencoderConfig,
@@ -296,19 +256,9 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
                                                    "spacing_mm": 2.0}))
     standard.save(out)
     model = load_mad_ad(out).to(device)
-    start = time.perf_counter()
-    predictions = [model.predict(image, mask) for image, mask in
-                   zip(validation.images, validation.masks, strict=True)]
-    maps = [anomaly for anomaly, _ in predictions]
-    calibration = Calibration.from_healthy_maps(maps, validation.masks, HEALTHY_FPR,
-                                                INDEX_TOP_FRACTION)
-    calibration.save(out, "calibration_mad_ad")
-    reconstruction = [mae_psnr_ssim(healthy, image, mask) for (_, healthy), image, mask in
-                      zip(predictions, validation.images, validation.masks, strict=True)]
-    seconds = (time.perf_counter() - start) / len(maps)
-    record(f"calibration: threshold {calibration.threshold:.4f} at healthy FPR "
-           f"{HEALTHY_FPR:.0%}; per-subject flagged {calibration.healthy_flagged_range}; "
-           f"{seconds:.1f} s per validation scan")
+    validated = calibrate_on_validation(model, validation, out, "calibration_mad_ad")
+    calibration = validated.calibration
+    record(validated.describe())
     (out / "training.log").write_text("\n".join(lines) + "\n")
     write_manifest(
         out, id="mad-ad-ixi-2mm", method="mad_ad", version="1", contrast="t1", covariates=[],
@@ -324,10 +274,8 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
         calibration={"threshold": calibration.threshold, "healthy_fpr_target": HEALTHY_FPR,
                      "healthy_flagged_range": calibration.healthy_flagged_range},
         metrics={"autoencoder_validation_reconstruction": quality,
-                 "pseudo_healthy_validation_reconstruction": {
-                     key: float(np.mean([r[key] for r in reconstruction]))
-                     for key in reconstruction[0]},
-                 "seconds_per_validation_scan": round(seconds, 1),
+                 "pseudo_healthy_validation_reconstruction": validated.reconstruction,
+                 "seconds_per_validation_scan": round(validated.seconds_per_scan, 1),
                  "training_seconds": round(time.perf_counter() - began, 1)})
     return out
 

@@ -1,0 +1,92 @@
+"""The healthy training scans as a pool of axial brain slices, for the 2D methods' trainers
+(MAD-AD, cDDPM): harmonised to the cohort's intensity standard, with acquisition-augmented
+copies (the scanner-robustness path every bundle shares)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluation.metrics import mae_psnr_ssim
+from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
+from ..slices import brain_slices
+from .data import CohortSplit, load_split
+from .harmonisation import augmented_split, cohort_grid, fit_cohort_standard, harmonised_split
+
+
+@dataclass
+class SliceSet:
+    """The training scans as a pool of axial brain slices: (volume, z) pairs."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    pairs: np.ndarray  # (n, 2) volume index, slice index
+
+    @classmethod
+    def of(cls, split: CohortSplit) -> SliceSet:
+        pairs = [(k, int(z)) for k, mask in enumerate(split.masks) for z in brain_slices(mask)]
+        return cls(split.images, split.masks, np.array(pairs))
+
+    def batch(self, rows: np.ndarray, flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, brain masks) as (n, 1, y, x) tensors, left-right flipped where `flips`."""
+        images, masks = [], []
+        for (k, z), flip in zip(self.pairs[rows], flips, strict=True):
+            image, mask = self.images[k][z], self.masks[k][z].astype(np.float32)
+            images.append(image[:, ::-1] if flip else image)
+            masks.append(mask[:, ::-1] if flip else mask)
+        return (torch.from_numpy(np.stack(images)[:, None].astype(np.float32)),
+                torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)))
+
+
+def prepare_slices(cohort: Path, copies: int, seed: int, log=print):
+    """The harmonised training scans (+ `copies` augmented copies each), the harmonised
+    validation split, and the intensity standard they were harmonised to."""
+    began = time.perf_counter()
+    train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
+    standard, (fitted, validation) = fit_cohort_standard(train, [train, validation],
+                                                         cohort_grid(cohort))
+    if copies:
+        augmented = harmonised_split(augmented_split(train, copies, seed), standard)
+        fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
+                             fitted.rows + augmented.rows)
+    log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
+        f"{len(validation.rows)} validation scans: {time.perf_counter() - began:.0f} s")
+    return fitted, validation, standard, train.subjects
+
+
+@dataclass
+class ValidationCalibration:
+    """A model's label-free calibration on the healthy validation split, with how faithfully
+    its pseudo-healthy images reconstruct those healthy scans and how long it took."""
+
+    calibration: Calibration
+    reconstruction: dict[str, float]  # mean MAE / PSNR / SSIM inside the brain
+    seconds_per_scan: float
+
+    def describe(self) -> str:
+        return (f"calibration: threshold {self.calibration.threshold:.4f} at healthy FPR "
+                f"{self.calibration.fpr:.0%}; per-subject flagged "
+                f"{self.calibration.healthy_flagged_range}; pseudo-healthy reconstruction "
+                f"{self.reconstruction}; {self.seconds_per_scan:.1f} s per validation scan")
+
+
+def calibrate_on_validation(model, validation: CohortSplit, folder: Path, name: str
+                            ) -> ValidationCalibration:
+    """Run `model` (an AnomalyModel) on the harmonised healthy validation scans, save its
+    calibration as `name` in `folder`, and measure its healthy reconstructions."""
+    start = time.perf_counter()
+    predictions = [model.predict(image, mask) for image, mask in
+                   zip(validation.images, validation.masks, strict=True)]
+    calibration = Calibration.from_healthy_maps([anomaly for anomaly, _ in predictions],
+                                                validation.masks, HEALTHY_FPR,
+                                                INDEX_TOP_FRACTION)
+    calibration.save(folder, name)
+    figures = [mae_psnr_ssim(healthy, image, mask) for (_, healthy), image, mask in
+               zip(predictions, validation.images, validation.masks, strict=True)]
+    return ValidationCalibration(
+        calibration, {key: float(np.mean([f[key] for f in figures])) for key in figures[0]},
+        (time.perf_counter() - start) / len(predictions))
