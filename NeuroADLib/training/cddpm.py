@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from ..diffusion.process import DiffusionProcess
-from ..methods.base import HEALTHY_FPR
 from ..methods.cddpm import (
     NETWORK_FOLDER,
     WEIGHTS_STEM,
@@ -37,7 +36,12 @@ from ..models.weights import save_weights
 from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, CDDPMNetwork
 from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
-from .slice_data import SliceSet, calibrate_on_validation, prepare_slices
+from .slice_data import (
+    SliceSet,
+    calibrate_on_validation,
+    prepare_slices,
+    write_slice_bundle_manifest,
+)
 
 
 @dataclass(frozen=True)
@@ -121,21 +125,11 @@ def train_cddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
                                         "calibration_cddpm")
     record(validated.describe())
     (out / "training.log").write_text("\n".join(lines) + "\n")
-    calibration = validated.calibration
-    write_manifest(
-        out, id="cddpm-ixi-2mm", method="cddpm", version="1", contrast="t1", covariates=[],
+    write_slice_bundle_manifest(
+        out, id="cddpm-ixi-2mm", method="cddpm",
         description="cDDPM (DDPM conditioned on the clean input, Behrendt et al. 2023) on the "
                     "axial slices of the 2 mm MNI grid, trained on healthy IXI subjects "
                     "harmonised to their intensity standard, with acquisition-augmented copies.",
-        licence="CC BY-SA 3.0, as the IXI data it is derived from",
-        inference=asdict(settings), spacing_mm=2.0, training=asdict(training), device=device,
-        intensity_standard={"file": "intensity_standard.json",
-                            "config": asdict(standard.config)},
-        training_data={"cohort": str(cohort.resolve()), "dataset": "IXI (CC BY-SA 3.0)",
-                       "train": train_subjects, "validation": validation.subjects},
-        calibration={"threshold": calibration.threshold, "healthy_fpr_target": HEALTHY_FPR,
-                     "healthy_flagged_range": calibration.healthy_flagged_range},
-        metrics={"pseudo_healthy_validation_reconstruction": validated.reconstruction,
-                 "seconds_per_validation_scan": round(validated.seconds_per_scan, 1),
-                 "training_seconds": round(time.perf_counter() - began, 1)})
+        training=training, settings=settings, device=device, standard=standard, cohort=cohort,
+        train_subjects=train_subjects, validation=validation, validated=validated, began=began)
     return out

@@ -27,7 +27,6 @@ import torch
 
 from ..diffusion.process import DiffusionProcess
 from ..evaluation.metrics import mae_psnr_ssim
-from ..methods.base import HEALTHY_FPR
 from ..methods.mad_ad import (
     AUTOENCODER_FOLDER,
     DENOISER_FOLDER,
@@ -42,7 +41,12 @@ from ..slices import brain_slices
 from .data import CohortSplit
 from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
-from .slice_data import SliceSet, calibrate_on_validation, prepare_slices
+from .slice_data import (
+    SliceSet,
+    calibrate_on_validation,
+    prepare_slices,
+    write_slice_bundle_manifest,
+)
 
 SLICE_AUTOENCODER_CONFIGS = {
     # 112 x 96 slices -> 4 x 28 x 24 latents (4x, 4 channels), sized for 2 CPU cores
@@ -257,26 +261,16 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     standard.save(out)
     model = load_mad_ad(out).to(device)
     validated = calibrate_on_validation(model, validation, out, "calibration_mad_ad")
-    calibration = validated.calibration
     record(validated.describe())
     (out / "training.log").write_text("\n".join(lines) + "\n")
-    write_manifest(
-        out, id="mad-ad-ixi-2mm", method="mad_ad", version="1", contrast="t1", covariates=[],
+    write_slice_bundle_manifest(
+        out, id="mad-ad-ixi-2mm", method="mad_ad",
         description="MAD-AD (masked latent diffusion, Beizaee et al. 2025) on the axial "
                     "slices of the 2 mm MNI grid, trained on healthy IXI subjects harmonised "
                     "to their intensity standard, with acquisition-augmented copies.",
-        licence="CC BY-SA 3.0, as the IXI data it is derived from",
-        inference=asdict(settings), spacing_mm=2.0, training=asdict(training), device=device,
-        intensity_standard={"file": "intensity_standard.json",
-                            "config": asdict(standard.config)},
-        training_data={"cohort": str(cohort.resolve()), "dataset": "IXI (CC BY-SA 3.0)",
-                       "train": train_subjects, "validation": validation.subjects},
-        calibration={"threshold": calibration.threshold, "healthy_fpr_target": HEALTHY_FPR,
-                     "healthy_flagged_range": calibration.healthy_flagged_range},
-        metrics={"autoencoder_validation_reconstruction": quality,
-                 "pseudo_healthy_validation_reconstruction": validated.reconstruction,
-                 "seconds_per_validation_scan": round(validated.seconds_per_scan, 1),
-                 "training_seconds": round(time.perf_counter() - began, 1)})
+        training=training, settings=settings, device=device, standard=standard, cohort=cohort,
+        train_subjects=train_subjects, validation=validation, validated=validated, began=began,
+        metrics={"autoencoder_validation_reconstruction": quality})
     return out
 
 

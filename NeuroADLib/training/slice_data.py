@@ -5,7 +5,7 @@ copies (the scanner-robustness path every bundle shares)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
 from ..slices import brain_slices
 from .data import CohortSplit, load_split
 from .harmonisation import augmented_split, cohort_grid, fit_cohort_standard, harmonised_split
+from .provenance import write_manifest
 
 
 @dataclass
@@ -90,3 +91,28 @@ def calibrate_on_validation(model, validation: CohortSplit, folder: Path, name: 
     return ValidationCalibration(
         calibration, {key: float(np.mean([f[key] for f in figures])) for key in figures[0]},
         (time.perf_counter() - start) / len(predictions))
+
+
+def write_slice_bundle_manifest(out: Path, *, id: str, method: str, description: str,
+                                training, settings, device: str, standard, cohort: Path,
+                                train_subjects: list, validation: CohortSplit,
+                                validated: ValidationCalibration, began: float,
+                                metrics: dict | None = None) -> None:
+    """The bundle manifest of a 2D method trained on the IXI slices: what every such bundle
+    records (data and licence, intensity standard, calibration, validation figures, training
+    time), plus the method's own `metrics`."""
+    calibration = validated.calibration
+    write_manifest(
+        out, id=id, method=method, version="1", contrast="t1", covariates=[],
+        description=description, licence="CC BY-SA 3.0, as the IXI data it is derived from",
+        inference=asdict(settings), spacing_mm=2.0, training=asdict(training), device=device,
+        intensity_standard={"file": "intensity_standard.json",
+                            "config": asdict(standard.config)},
+        training_data={"cohort": str(cohort.resolve()), "dataset": "IXI (CC BY-SA 3.0)",
+                       "train": train_subjects, "validation": validation.subjects},
+        calibration={"threshold": calibration.threshold, "healthy_fpr_target": HEALTHY_FPR,
+                     "healthy_flagged_range": calibration.healthy_flagged_range},
+        metrics={**(metrics or {}),
+                 "pseudo_healthy_validation_reconstruction": validated.reconstruction,
+                 "seconds_per_validation_scan": round(validated.seconds_per_scan, 1),
+                 "training_seconds": round(time.perf_counter() - began, 1)})
