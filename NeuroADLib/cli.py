@@ -49,7 +49,8 @@ EXAMPLES = {
              "  neuroad train cadd --cohort ~/neuroad-cache/ixi_2mm "
              "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd"
              "\n  neuroad train mad_ad --cohort ~/neuroad-cache/ixi_2mm --out models/mad_ad"
-             "\n  neuroad train cddpm --cohort ~/neuroad-cache/ixi_2mm --out models/cddpm",
+             "\n  neuroad train cddpm --cohort ~/neuroad-cache/ixi_2mm --out models/cddpm"
+             "\n  neuroad train ddpm --cohort ~/neuroad-cache/ixi_2mm --out models/ddpm",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore "
@@ -222,6 +223,19 @@ def _train_cddpm(args: argparse.Namespace, device: str | None) -> None:
     train_cddpm(args.cohort, args.out, training, device)
 
 
+def _train_ddpm(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
+    from .training.image_ddpm import ImageDDPMTraining, train_image_ddpm
+
+    training = ImageDDPMTraining(config=args.config)
+    if args.steps:
+        training = replace(training, steps=args.steps)
+    if args.acquisition_copies is not None:
+        training = replace(training, acquisition_copies=args.acquisition_copies)
+    train_image_ddpm(args.cohort, args.out, training, device)
+
+
 # What `neuroad train NAME` runs: (trainer, whether it trains with torch, help).
 TRAINERS = {
     "zscore": (_train_zscore, False, "the voxel-wise normative model"),
@@ -233,6 +247,8 @@ TRAINERS = {
                                     "calibration, in one resumable run"),
     "cddpm": (_train_cddpm, True, "cDDPM: encoder and conditioned UNet end to end, and "
                                   "calibration, in one resumable run"),
+    "ddpm": (_train_ddpm, True, "the unconditional slice DDPM THOR and AutoDDPM share, and "
+                                "both methods' calibrations, in one resumable run"),
 }
 
 

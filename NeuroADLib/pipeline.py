@@ -241,6 +241,8 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
         "model": {"id": bundle.id, "version": bundle.manifest.get("version", ""),
                   "folder": str(bundle.folder),
                   "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()}},
+        **({"anomaly_map": bundle.manifest["anomaly_maps"][method.name]}
+           if method.name in bundle.manifest.get("anomaly_maps", {}) else {}),
         "device": {"used": device, "asked": device_preference, "platform": platform.platform()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "threshold": _threshold_report(method, threshold, options),

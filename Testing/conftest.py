@@ -161,3 +161,27 @@ def tiny_cddpm_bundle(root: Path) -> tuple[Path, Path]:
 
     cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
     return cohort, train_cddpm(cohort, root / "cddpm", tiny_cddpm_training(), log=_quiet)
+
+
+def tiny_ddpm_training():
+    """The shared slice DDPM's tiny network trained for two steps, checkpointed every step;
+    THOR and AutoDDPM run on chains of a few levels with a 3^3 median filter."""
+    from NeuroADLib.methods.autoddpm import AutoDDPMSettings
+    from NeuroADLib.methods.thor import THORSettings
+    from NeuroADLib.training.image_ddpm import ImageDDPMTraining
+
+    return ImageDDPMTraining(
+        config="tiny", steps=2, batch_size=4,
+        thor=THORSettings(stride=50, closing_size=3, median_size=3, erosion=1),
+        autoddpm=AutoDDPMSettings(t_coarse=100, t_inpaint=50, resample=2, stride=50,
+                                  median_size=3, erosion=1),
+        acquisition_copies=1, checkpoint_every=1, log_every=1)
+
+
+def tiny_ddpm_bundle(root: Path) -> tuple[Path, Path]:
+    """A fabricated cohort of 8 subjects (32^3) and a THOR/AutoDDPM bundle (root/ddpm) of
+    `tiny_ddpm_training` on it."""
+    from NeuroADLib.training.image_ddpm import train_image_ddpm
+
+    cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
+    return cohort, train_image_ddpm(cohort, root / "ddpm", tiny_ddpm_training(), log=_quiet)

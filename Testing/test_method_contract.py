@@ -26,6 +26,7 @@ from conftest import (
     tiny_cadd_bundle,
     tiny_cadd_stages,
     tiny_cddpm_bundle,
+    tiny_ddpm_bundle,
     tiny_mad_ad_bundle,
 )
 
@@ -77,12 +78,19 @@ def cddpm_bundle(root: Path) -> TinyBundle:
     return TinyBundle(tiny_cddpm_bundle(root)[1], TINY_CADD_SHAPE)
 
 
+def ddpm_bundle(root: Path) -> TinyBundle:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return TinyBundle(tiny_ddpm_bundle(root)[1], TINY_CADD_SHAPE)
+
+
 # family -> a function building a tiny bundle of every method of that family
 BUNDLE_BUILDERS: dict[str, Callable[[Path], TinyBundle]] = {
     "zscore": zscore_bundle,
     "cadd": cadd_bundle,
     "mad_ad": mad_ad_bundle,
     "cddpm": cddpm_bundle,
+    "ddpm": ddpm_bundle,
 }
 FAMILIES = sorted({info.family for info in METHODS.values()})
 

@@ -14,13 +14,15 @@ import NeuroADLib.cli as cli
 import NeuroADLib.evaluation.harness
 import NeuroADLib.training.mad_ad
 import NeuroADLib.training.cddpm
+import NeuroADLib.training.image_ddpm
 import NeuroADLib.training.latent_diffusion
 import NeuroADLib.methods.mad_ad
 import NeuroADLib.methods.cddpm
+import NeuroADLib.methods.ddpm_baselines
 import NeuroADLib.methods.cadd
 cli.build_parser().parse_args(["train", "mad_ad", "--cohort", "pack.npz", "--out", "x"])
 from NeuroADLib.options import check_options
-check_options({"mad_ad": {"steps": 5}, "cddpm": {"levels": 1}})
+check_options({"mad_ad": {"steps": 5}, "cddpm": {"levels": 1}, "thor": {"stride": 25}})
 print("ok")
 """
 

@@ -3,14 +3,17 @@
 # of METHOD and of zscore beside it, on an IXI scan and the bundled demo.
 #   METHOD=cddpm MODEL=models/cddpm IXI=../shared/data/ixi_t1_2mm WORK=/tmp/cost \
 #     [THREADS=2] bash benchmarks/method_cost.sh
+# TRAINER is what `neuroad train` builds the stand-in bundle with (default: METHOD; thor and
+# autoddpm: ddpm).
 # MODEL is a trained bundle folder. Without one, a bundle of the default config trained for 2
 # steps (per stage) on 6 IXI subjects (2 more to calibrate) stands in: the cost of MAD-AD's and
-# cDDPM's inference does not depend on the weights (every slice goes through every step).
+# cDDPM's, THOR's and AutoDDPM's inference does not depend on the weights (every slice goes through every step).
 # Prints, per scan, wall seconds and peak resident memory (/usr/bin/time -v) and the run's own
 # timings from report.json.
 set -euo pipefail
 : "${METHOD:?}" "${IXI:?}" "${WORK:?}"
 THREADS=${THREADS:-2}
+TRAINER=${TRAINER:-$METHOD}
 mkdir -p "$WORK/store"
 bundle="$WORK/store/$METHOD"
 rm -rf "$bundle"
@@ -21,7 +24,7 @@ else
         --workers 2 --quiet
     extra=()
     [ "$METHOD" = mad_ad ] && extra=(--autoencoder-steps 2)
-    neuroad train "$METHOD" --cohort "$WORK/cohort" --out "$WORK/train-$METHOD" \
+    neuroad train "$TRAINER" --cohort "$WORK/cohort" --out "$WORK/train-$METHOD" \
         --config default --steps 2 "${extra[@]}" --threads "$THREADS" > "$WORK/train.log" 2>&1
     cp -r "$WORK/train-$METHOD" "$bundle"
 fi

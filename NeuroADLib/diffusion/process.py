@@ -142,6 +142,13 @@ class DiffusionProcess:
             z = z + sigma * noise
         return z
 
+    def renoise(self, z: torch.Tensor, t_from: int, t_to: int, noise: torch.Tensor
+                ) -> torch.Tensor:
+        """A forward jump z_{t_from} -> z_{t_to} (t_to > t_from): q(z_to | z_from) =
+        N(sqrt(abar_to / abar_from) z, 1 - abar_to / abar_from); RePaint's resampling step."""
+        ratio = self.alpha_bar(t_to, z) / self.alpha_bar(t_from, z)
+        return ratio.sqrt() * z + (1.0 - ratio).sqrt() * noise
+
     def blend_known(self, z_unknown: torch.Tensor, z0_known: torch.Tensor, t: int,
                     keep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """RePaint's per-step blend: the known region, noised to level t, where `keep` is 1;

@@ -112,8 +112,41 @@ CDDPM_OPTION_SPECS = {
     "seed": OptionSpec(int, 0, 2**32 - 1),
 }
 
+# THOR's and AutoDDPM's inference knobs (THORSettings and AutoDDPMSettings mirror them; a test
+# keeps them equal): the papers' defaults, except the chains, respaced to every 50th level
+# with deterministic DDIM steps for 2 CPU cores (stride 1 and eta 1 are the papers' chains).
+# Their DDPM has T = 1000 levels.
+THOR_OPTIONS = {"t_start": 350, "stride": 50, "eta": 0.0, "closing_size": 13,
+                "median_size": 5, "erosion": 3, "seed": 42}
+THOR_OPTION_SPECS = {
+    "t_start": OptionSpec(int, 300, 999),
+    "stride": OptionSpec(int, 1, 50),
+    "eta": OptionSpec(float, 0, 1),
+    "closing_size": OptionSpec(int, 1, 31),
+    "median_size": OptionSpec(int, 1, 9),
+    "erosion": OptionSpec(int, 0, 10),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
+AUTODDPM_OPTIONS = {"t_coarse": 200, "t_inpaint": 50, "resample": 4, "percentile": 95.0,
+                    "stride": 50, "eta": 0.0, "median_size": 5, "erosion": 3, "seed": 42}
+AUTODDPM_OPTION_SPECS = {
+    "t_coarse": OptionSpec(int, 1, 999),
+    "t_inpaint": OptionSpec(int, 1, 999),
+    "resample": OptionSpec(int, 1, 20),
+    "percentile": OptionSpec(float, 0, 100, open_range=True),
+    "stride": OptionSpec(int, 1, 100),
+    "eta": OptionSpec(float, 0, 1),
+    "median_size": OptionSpec(int, 1, 9),
+    "erosion": OptionSpec(int, 0, 10),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
+# THOR's fixed harmonisation levels (the paper's; methods/thor.py uses them): the stride must
+# land on them.
+THOR_HARMONISATION_LEVELS = (300, 150, 50)
+
 ZSCORE_LOADER = "NeuroADLib.methods.zscore:load_zscore"
 CADD_LOADER = "NeuroADLib.methods.cadd:load_cadd"
+DDPM_LOADER = "NeuroADLib.methods.ddpm_baselines:load_ddpm_baseline"
 
 
 def _cadd(name: str, description: str, covariates: tuple[str, ...] = ()) -> MethodInfo:
@@ -144,6 +177,17 @@ METHODS = {
                         "three levels, averaged.", "cddpm",
                         "NeuroADLib.methods.cddpm:load_cddpm", options=CDDPM_OPTIONS,
                         option_specs=CDDPM_OPTION_SPECS, calibration="calibration_cddpm"),
+    "thor": MethodInfo("thor", "THOR: a DDPM on axial slices from t = 350 whose clean-image "
+                       "estimates are blended with the input by their anomaly maps at "
+                       "t = 300, 150, 50; map: harmonic mean of those maps.", "ddpm",
+                       DDPM_LOADER, options=THOR_OPTIONS,
+                       option_specs=THOR_OPTION_SPECS, calibration="calibration_thor"),
+    "autoddpm": MethodInfo("autoddpm", "AutoDDPM: coarse DDPM reconstruction from t = 200, a "
+                           "mask of its largest residuals, and RePaint re-sampling of the "
+                           "masked region from t = 50.", "ddpm",
+                           DDPM_LOADER,
+                           options=AUTODDPM_OPTIONS, option_specs=AUTODDPM_OPTION_SPECS,
+                           calibration="calibration_autoddpm"),
 }
 
 
@@ -190,4 +234,18 @@ def validate_options(name: str, options: dict | None) -> dict:
         if merged["t_min"] > merged["t_max"]:
             raise ValueError(f"{name}.t_min={merged['t_min']} is above "
                              f"{name}.t_max={merged['t_max']}: t_min must be at most t_max.")
+    if name == "thor":
+        merged = {**METHODS[name].options, **checked}
+        missed = [t for t in THOR_HARMONISATION_LEVELS
+                  if (merged["t_start"] - t) % merged["stride"]]
+        if missed:
+            raise ValueError(f"thor.stride={merged['stride']} skips the harmonisation levels "
+                             f"{missed} from thor.t_start={merged['t_start']}: choose a stride "
+                             "that divides t_start - 300, t_start - 150 and t_start - 50.")
+    if name == "autoddpm":
+        merged = {**METHODS[name].options, **checked}
+        if merged["t_inpaint"] > merged["t_coarse"]:
+            raise ValueError(f"autoddpm.t_inpaint={merged['t_inpaint']} is above "
+                             f"autoddpm.t_coarse={merged['t_coarse']}: re-sampling starts at or "
+                             "below the coarse level.")
     return checked

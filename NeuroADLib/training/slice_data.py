@@ -97,15 +97,17 @@ def write_slice_bundle_manifest(out: Path, *, id: str, method: str, description:
                                 training, settings, device: str, standard, cohort: Path,
                                 train_subjects: list, validation: CohortSplit,
                                 validated: ValidationCalibration, began: float,
-                                metrics: dict | None = None) -> None:
+                                metrics: dict | None = None, **fields) -> None:
     """The bundle manifest of a 2D method trained on the IXI slices: what every such bundle
     records (data and licence, intensity standard, calibration, validation figures, training
-    time), plus the method's own `metrics`."""
+    time), plus the method's own `metrics` and other `fields` (e.g. the `variants` a bundle
+    also serves). `settings`: the inference settings, a dataclass or a mapping of them."""
     calibration = validated.calibration
     write_manifest(
         out, id=id, method=method, version="1", contrast="t1", covariates=[],
         description=description, licence="CC BY-SA 3.0, as the IXI data it is derived from",
-        inference=asdict(settings), spacing_mm=2.0, training=asdict(training), device=device,
+        inference=settings if isinstance(settings, dict) else asdict(settings),
+        spacing_mm=2.0, training=asdict(training), device=device,
         intensity_standard={"file": "intensity_standard.json",
                             "config": asdict(standard.config)},
         training_data={"cohort": str(cohort.resolve()), "dataset": "IXI (CC BY-SA 3.0)",
@@ -115,4 +117,5 @@ def write_slice_bundle_manifest(out: Path, *, id: str, method: str, description:
         metrics={**(metrics or {}),
                  "pseudo_healthy_validation_reconstruction": validated.reconstruction,
                  "seconds_per_validation_scan": round(validated.seconds_per_scan, 1),
-                 "training_seconds": round(time.perf_counter() - began, 1)})
+                 "training_seconds": round(time.perf_counter() - began, 1)},
+        **fields)
