@@ -4,7 +4,8 @@ A trainer supplies its modules, optimisers and a step function `step(step, rng, 
 that draws everything random from the numpy `rng` and torch `generator` it is given (both
 seeded from (seed, step)) and returns its losses. The loop checkpoints weights (safetensors)
 and optimiser states (tensor-only torch files, loaded with weights_only) every
-`checkpoint_every` steps and resumes from the last checkpoint, so that a resumed run equals an
+`checkpoint_every` steps and resumes from the last checkpoint (logging the loss history it
+holds again, so that the log of a resumed run is whole), so that a resumed run equals an
 uninterrupted one.
 """
 
@@ -60,16 +61,17 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
         for name, optimiser in optimisers.items():
             optimiser.load_state_dict(states[name])
         start, history = state["step"], state["history"]
+        for number in range(settings.log_every, start + 1, settings.log_every):
+            log(f"step {number}/{settings.steps}  "
+                f"{_mean_losses(history[number - settings.log_every:number])}  (checkpoint)")
         log(f"resumed at step {start}")
     began = time.perf_counter()
     for number in range(start, settings.steps):
         rng, generator = step_seeds(settings.seed, number)
         history.append({"step": number, **step(number, rng, generator)})
         if (number + 1) % settings.log_every == 0:
-            recent = history[-settings.log_every:]
-            losses = "  ".join(f"{key} {np.mean([h[key] for h in recent]):.5f}"
-                               for key in recent[-1] if key != "step")
-            log(f"step {number + 1}/{settings.steps}  {losses}  "
+            log(f"step {number + 1}/{settings.steps}  "
+                f"{_mean_losses(history[-settings.log_every:])}  "
                 f"{(time.perf_counter() - began) / (number + 1 - start):.3f} s/step")
         if (number + 1) % settings.checkpoint_every == 0 or number + 1 == settings.steps:
             for name, module in modules.items():
@@ -79,3 +81,9 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
             (checkpoint / "state.json").write_text(json.dumps({"step": number + 1,
                                                                "history": history}))
     return history
+
+
+def _mean_losses(records: list[dict[str, float]]) -> str:
+    """Each loss's mean over `records`, as the log prints it."""
+    return "  ".join(f"{key} {np.mean([r[key] for r in records]):.5f}"
+                     for key in records[-1] if key != "step")
