@@ -8,8 +8,8 @@ evaluations per slice batch, too many for whole volumes on 2 CPU cores).
         --chain 1:1 --chain 10:0 --chain 50:0 [--json out.json]
 
 Each --chain is STRIDE:ETA. Prints, per method and chain, the mean voxel AP over the cases
-(inside the brain of the slices taken), the network evaluations per slice batch and the mean
-seconds per case.
+(inside the brain of the slices taken; each scan harmonised whole, the model run on its
+slices), the network evaluations per slice batch and the mean seconds per case.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
         image, brain = cases.read(case, "image"), cases.read(case, "brain_mask")
         lesion = cases.read(case, "lesion_mask")
         block = lesion_block(lesion, args.slices)
-        volumes.append((image[block], brain[block], lesion[block]))
+        volumes.append((image, brain, lesion, block))
 
     results = []
     for name in args.methods.split(","):
@@ -63,11 +63,13 @@ def main() -> None:
             stride, eta = chain.split(":")
             method = load_method(name, args.model, {"stride": int(stride), "eta": float(eta)})
             aps, seconds = [], []
-            for image, brain, lesion in volumes:
+            for image, brain, lesion, block in volumes:
+                harmonised, _ = method.standard.harmonise(image, brain)  # on the whole grid
                 start = time.perf_counter()
-                anomaly = method.anomaly_map(image, brain)
+                anomaly, _ = method.model.predict(harmonised[block], brain[block])
                 seconds.append(time.perf_counter() - start)
-                aps.append(average_precision_score(lesion[brain], anomaly[brain]))
+                inside = brain[block]
+                aps.append(average_precision_score(lesion[block][inside], anomaly[inside]))
             row = {"method": name, "stride": int(stride), "eta": float(eta),
                    "network_evaluations": method.model.settings.network_evaluations,
                    "ap": float(np.mean(aps)), "seconds_per_case": float(np.mean(seconds)),

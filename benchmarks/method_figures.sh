@@ -3,11 +3,12 @@
 # 25 healthy validation subjects and their lesioned copies), the real cases and the
 # clinical-acquisition set, then its raw against its normative maps:
 #   METHOD=mad_ad BENCH=~/neuroad-cache/benchmarks RESULTS=results/mad_ad \
-#     [MODELS=folder-with-one-folder-per-method] [CLINICAL_CASES=10] \
+#     [MODELS=folder-with-one-folder-per-method] [CLINICAL_CASES=10] [SYNTHETIC_SUBJECTS=10] \
 #     bash benchmarks/method_figures.sh
 # BENCH is `neuroad make-benchmarks --acquisitions` output. CLINICAL_CASES limits the
-# clinical-acquisition cases (the demo always runs) for the slow methods. Every evaluation
-# resumes from the maps it saved.
+# clinical-acquisition cases (the demo always runs) and SYNTHETIC_SUBJECTS the synthetic set to
+# its first subjects (healthy and lesioned), for the slow methods; run zscore with the same
+# limits to compare. Every evaluation resumes from the maps it saved.
 set -euo pipefail
 : "${METHOD:?}" "${BENCH:?}" "${RESULTS:?}"
 mkdir -p "$RESULTS"
@@ -20,15 +21,28 @@ if [ -n "${CLINICAL_CASES:-}" ]; then
       grep ',clinical_acquisition,' "$BENCH/clinical/cases.csv" | head -n "$CLINICAL_CASES"
       grep ',clinical_demo,' "$BENCH/clinical/cases.csv"; } > "$clinical"
 fi
+synthetic="$BENCH/synthetic/cases.csv"
+if [ -n "${SYNTHETIC_SUBJECTS:-}" ]; then
+    synthetic="$BENCH/synthetic/cases_${SYNTHETIC_SUBJECTS}_subjects.csv"
+    python - "$BENCH/synthetic/cases.csv" "$SYNTHETIC_SUBJECTS" > "$synthetic" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+subjects = list(dict.fromkeys(row["subject"] for row in rows))[:int(sys.argv[2])]
+writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+writer.writeheader()
+writer.writerows(row for row in rows if row["subject"] in subjects)
+PY
+fi
 for set in synthetic real clinical; do
     cases="$BENCH/$set/cases.csv"
     [ "$set" = clinical ] && cases=$clinical
+    [ "$set" = synthetic ] && cases=$synthetic
     echo "$(date +%T) $METHOD $set"
     neuroad evaluate --methods "$METHOD" "${models[@]}" --cases "$cases" --device cpu --quiet \
         --out "$RESULTS/$set" > "$RESULTS/$set.log" 2>&1
 done
 python benchmarks/normative_maps.py --method "$METHOD=$RESULTS/synthetic" \
-    --real-results "$METHOD=$RESULTS/real" --synthetic "$BENCH/synthetic/cases.csv" \
+    --real-results "$METHOD=$RESULTS/real" --synthetic "$synthetic" \
     --real "$BENCH/real/cases.csv" --clinical-results "$METHOD=$RESULTS/clinical" \
     --clinical "$clinical" --json "$RESULTS/normative.json" > "$RESULTS/normative.md"
 echo "$(date +%T) done"

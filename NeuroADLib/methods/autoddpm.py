@@ -30,12 +30,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..postprocessing import erode_brain_mask, median_filter
-from ..progress import StepCallback
-from ..slices import brain_slices, map_slices, slice_batch_size
-from ..subject import UNKNOWN, Subject
+from ..slices import brain_slices
 from .image_ddpm import (
-    ImageDDPM,
+    SliceDDPMMethod,
     SliceNoise,
     chain_levels,
     from_network,
@@ -87,15 +84,9 @@ def normalised_residual(residual: np.ndarray, masks: np.ndarray, percentile: flo
     return out
 
 
-@dataclass
-class AutoDDPMModel:
-    ddpm: ImageDDPM
+class AutoDDPMModel(SliceDDPMMethod):
+    title = "AutoDDPM"
     settings: AutoDDPMSettings
-    batch_size: int = 0  # slices per batch; 0: chosen for memory
-
-    def to(self, device: str) -> AutoDDPMModel:
-        self.ddpm.to(device)
-        return self
 
     def chain(self, z: torch.Tensor, t_start: int, noise: SliceNoise, indices: np.ndarray
               ) -> torch.Tensor:
@@ -141,30 +132,16 @@ class AutoDDPMModel:
                     z = diffusion.renoise(z, t_prev, t, noise.gaussian(indices, shape).to(device))
         return from_network(z).clamp(0.0, 1.0)[:, 0].cpu().numpy()
 
-    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
-                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(post-processed map, pseudo-healthy image) on the grid, over the axial slices that
-        hold enough brain (the map is 0 on the others); `on_step(done, total)` hears of every
-        slice batch and may raise to stop. AutoDDPM has no covariates."""
-        self.ddpm.check_slices(image.shape, "AutoDDPM")
-        healthy = (image * brain).astype(np.float32)
-
-        def process(slices: np.ndarray, masks: np.ndarray, batch: np.ndarray) -> np.ndarray:
-            masks = masks.astype(np.float32)
-            noise = SliceNoise(self.settings.seed, self.ddpm.noise)
-            x_rec, weight = self.coarse(slices, masks, batch, noise)
-            mask = ndimage.binary_dilation(weight >= self.settings.mask_threshold,
-                                           structure=np.ones((1, 3, 3), bool)) & (masks > 0)
-            restored = self.resample_masked(slices, x_rec, mask, batch, noise) * masks
-            healthy[batch] = restored
-            return np.abs(slices - restored) * weight
-
-        batch_size = self.batch_size or slice_batch_size(image.shape[1:])
-        anomaly = map_slices(image, brain, process, batch_size, on_step)
-        if self.settings.median_size > 1:
-            anomaly = median_filter(anomaly, self.settings.median_size)
-        scored = erode_brain_mask(brain > 0, self.settings.erosion)
-        return (anomaly * scored).astype(np.float32), healthy
+    def restore_batch(self, slices: np.ndarray, masks: np.ndarray, indices: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(|x - inpainted| x A, the inpainted slices) of a batch: coarse reconstruction, mask,
+        re-sampling."""
+        noise = SliceNoise(self.settings.seed, self.ddpm.noise)
+        x_rec, weight = self.coarse(slices, masks, indices, noise)
+        mask = ndimage.binary_dilation(weight >= self.settings.mask_threshold,
+                                       structure=np.ones((1, 3, 3), bool)) & (masks > 0)
+        restored = self.resample_masked(slices, x_rec, mask, indices, noise) * masks
+        return np.abs(slices - restored) * weight, restored
 
 
 def mask_threshold_from_healthy(model: AutoDDPMModel, validation) -> float:

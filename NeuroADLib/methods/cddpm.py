@@ -27,7 +27,7 @@ from ..diffusion.noise import SimplexNoise, gaussian_noise
 from ..diffusion.process import DiffusionConfig, DiffusionProcess
 from ..models.weights import load_weights
 from ..networks.conditioned_unet import CDDPMNetwork, ConditionedUNetConfig
-from ..postprocessing import erode_brain_mask, median_filter
+from ..postprocessing import filtered_in_eroded_brain
 from ..progress import StepCallback
 from ..slices import brain_slices, map_slices, slice_batch_size
 from ..subject import UNKNOWN, Subject
@@ -145,10 +145,8 @@ class CDDPMModel:
         levels = len(self.settings.noise_levels())
         batch_size = self.batch_size or max(1, slice_batch_size(image.shape[1:]) // levels)
         residual = map_slices(image, brain, process, batch_size, on_step)
-        if self.settings.median_size > 1:
-            residual = median_filter(residual, self.settings.median_size)
-        scored = erode_brain_mask(brain > 0, self.settings.erosion)
-        return (residual * scored).astype(np.float32), healthy
+        return filtered_in_eroded_brain(residual, brain, self.settings.median_size,
+                                        self.settings.erosion), healthy
 
 
 def load_cddpm(folder: str | Path, name: str = "cddpm", options: dict | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,10 @@ from ..diffusion.noise import SimplexNoise, gaussian_noise
 from ..diffusion.process import DiffusionConfig, DiffusionProcess
 from ..models.weights import load_weights
 from ..networks.diffusion_unet import DiffusionUNet, DiffusionUNetConfig
+from ..postprocessing import filtered_in_eroded_brain
+from ..progress import StepCallback
+from ..slices import map_slices, slice_batch_size
+from ..subject import UNKNOWN, Subject
 
 NETWORK_FOLDER, WEIGHTS_STEM = "network", "ddpm"
 NOISES = ("gaussian", "simplex")
@@ -135,6 +140,47 @@ class ImageDDPM:
         if shape[1] % multiple or shape[2] % multiple:
             raise ValueError(f"{method} needs axial slices whose sides are multiples of "
                              f"{multiple}, not {shape[1:]}")
+
+
+@dataclass
+class SliceDDPMMethod:
+    """A method on the shared DDPM (THOR, AutoDDPM): it runs slice batch by slice batch
+    (`restore_batch`), then the usual post-processing of its map. `settings` holds at least
+    `median_size` and `erosion`."""
+
+    ddpm: ImageDDPM
+    settings: Any
+    batch_size: int = 0  # slices per batch; 0: chosen for memory
+    title = "a DDPM method"
+
+    def to(self, device: str) -> SliceDDPMMethod:
+        self.ddpm.to(device)
+        return self
+
+    def restore_batch(self, slices: np.ndarray, masks: np.ndarray, indices: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(map, pseudo-healthy slices on [0, 1]) of a batch of slices (n, y, x) with their
+        brain masks (float32) and z indices."""
+        raise NotImplementedError
+
+    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(post-processed map, pseudo-healthy image) on the grid, over the axial slices that
+        hold enough brain (the map is 0 on the others); `on_step(done, total)` hears of every
+        slice batch and may raise to stop. These methods have no covariates: `subject` is
+        not used."""
+        self.ddpm.check_slices(image.shape, self.title)
+        healthy = (image * brain).astype(np.float32)
+
+        def process(slices: np.ndarray, masks: np.ndarray, batch: np.ndarray) -> np.ndarray:
+            anomaly, healthy[batch] = self.restore_batch(slices, masks.astype(np.float32),
+                                                         batch)
+            return anomaly
+
+        batch_size = self.batch_size or slice_batch_size(image.shape[1:])
+        anomaly = map_slices(image, brain, process, batch_size, on_step)
+        return filtered_in_eroded_brain(anomaly, brain, self.settings.median_size,
+                                        self.settings.erosion), healthy
 
 
 def load_image_ddpm(folder: str | Path) -> tuple[ImageDDPM, dict]:

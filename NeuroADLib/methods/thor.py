@@ -32,12 +32,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..postprocessing import erode_brain_mask, median_filter
-from ..progress import StepCallback
-from ..slices import map_slices, slice_batch_size
-from ..subject import UNKNOWN, Subject
 from .image_ddpm import (
-    ImageDDPM,
+    SliceDDPMMethod,
     SliceNoise,
     chain_levels,
     from_network,
@@ -96,15 +92,9 @@ def blend_weight(residual: np.ndarray, closing_size: int) -> np.ndarray:
     return np.clip((region + normalised) / 2.0, 0.0, 1.0).astype(np.float32)
 
 
-@dataclass
-class THORModel:
-    ddpm: ImageDDPM
+class THORModel(SliceDDPMMethod):
+    title = "THOR"
     settings: THORSettings
-    batch_size: int = 0  # slices per batch; 0: chosen for memory
-
-    def to(self, device: str) -> THORModel:
-        self.ddpm.to(device)
-        return self
 
     def restore(self, slices: np.ndarray, masks: np.ndarray, indices: np.ndarray
                 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -136,25 +126,11 @@ class THORModel:
         maps.append(np.abs(restored - slices) * masks)
         return restored, maps
 
-    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
-                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(post-processed harmonic-mean map, pseudo-healthy image) on the grid, over the axial
-        slices that hold enough brain (the map is 0 on the others); `on_step(done, total)`
-        hears of every slice batch and may raise to stop. THOR has no covariates."""
-        self.ddpm.check_slices(image.shape, "THOR")
-        healthy = (image * brain).astype(np.float32)
-
-        def process(slices: np.ndarray, masks: np.ndarray, batch: np.ndarray) -> np.ndarray:
-            restored, maps = self.restore(slices, masks.astype(np.float32), batch)
-            healthy[batch] = restored
-            return harmonic_mean(maps) * masks
-
-        batch_size = self.batch_size or slice_batch_size(image.shape[1:])
-        anomaly = map_slices(image, brain, process, batch_size, on_step)
-        if self.settings.median_size > 1:
-            anomaly = median_filter(anomaly, self.settings.median_size)
-        scored = erode_brain_mask(brain > 0, self.settings.erosion)
-        return (anomaly * scored).astype(np.float32), healthy
+    def restore_batch(self, slices: np.ndarray, masks: np.ndarray, indices: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(harmonic-mean map, THOR's pseudo-healthy slices) of a batch."""
+        restored, maps = self.restore(slices, masks, indices)
+        return harmonic_mean(maps) * masks, restored
 
 
 def load_thor(folder: str | Path, name: str = "thor", options: dict | None = None

@@ -4,6 +4,7 @@ segmentations, and subject-level scores (image-level and normative z-score indic
 from .filters import (
     clip_and_rescale,
     erode_brain_mask,
+    filtered_in_eroded_brain,
     gaussian_smooth,
     median_filter,
     remove_small_components,
@@ -34,6 +35,7 @@ __all__ = [
     "binarize",
     "clip_and_rescale",
     "erode_brain_mask",
+    "filtered_in_eroded_brain",
     "fixed_threshold",
     "gaussian_smooth",
     "healthy_calibrated_threshold",

@@ -95,3 +95,13 @@ def clip_and_rescale(
     scale = high - low
     rescaled = (clipped - low) / scale if scale > 0 else np.zeros_like(clipped)
     return np.where(mask, rescaled, 0.0)
+
+
+def filtered_in_eroded_brain(volume: np.ndarray, brain: np.ndarray, median_size: int,
+                             erosion: int) -> np.ndarray:
+    """A residual map's usual post-processing (cDDPM section 4.3, THOR, AutoDDPM): a median
+    filter of side `median_size` (1: none), then zero outside the brain mask eroded `erosion`
+    times; float32."""
+    if median_size > 1:
+        volume = median_filter(volume, median_size)
+    return (volume * erode_brain_mask(np.asarray(brain) > 0, erosion)).astype(np.float32)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,14 +31,14 @@ from ..methods.cddpm import (
     load_cddpm,
     to_network,
 )
-from ..models.weights import save_weights
 from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, CDDPMNetwork
-from .loop import LoopSettings, run_training
-from .provenance import half_precision, write_manifest
+from .provenance import save_network
 from .slice_data import (
     SliceSet,
+    TrainingLog,
     calibrate_on_validation,
     prepare_slices,
+    train_slice_diffusion,
     write_slice_bundle_manifest,
 )
 
@@ -69,26 +68,11 @@ def cddpm_loss(network: CDDPMNetwork, process: DiffusionProcess, x0: torch.Tenso
 
 def train_network(slices: SliceSet, out: Path, training: CDDPMTraining, device: str,
                   log=print) -> CDDPMNetwork:
-    process = DiffusionProcess(cddpm_diffusion())
     torch.manual_seed(training.seed)
     network = CDDPMNetwork(CONDITIONED_UNET_CONFIGS[training.config]).to(device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
-
-    def step(number: int, rng, generator: torch.Generator) -> dict:
-        rows = rng.integers(len(slices.pairs), size=training.batch_size)
-        x0, _ = slices.batch(rows, rng.random(training.batch_size) < 0.5)
-        t = torch.randint(process.num_timesteps, (training.batch_size,), generator=generator)
-        noise = forward_noise(training.noise, tuple(x0.shape), t, generator)
-        loss = cddpm_loss(network, process, x0.to(device), t.to(device), noise.to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        return {"l1": loss.item()}
-
-    run_training(out, {"cddpm": network}, {"adam": optimiser}, step,
-                 LoopSettings(training.steps, training.seed, training.checkpoint_every,
-                              training.log_every), log)
-    return network.eval()
+    return train_slice_diffusion(slices, out, network, DiffusionProcess(cddpm_diffusion()),
+                                 cddpm_loss, forward_noise, training, device, ("cddpm", "l1"),
+                                 log)
 
 
 def train_cddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
@@ -97,39 +81,27 @@ def train_cddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     """Train (or resume) cDDPM and write the calibrated bundle to `out`."""
     training = training or CDDPMTraining()
     cohort, out = Path(cohort_dir), Path(out)
-    lines: list[str] = []
-
-    def record(message: str) -> None:  # the bundle keeps its own log
-        lines.append(message)
-        log(message)
-
-    began = time.perf_counter()
-    fitted, validation, standard, train_subjects = prepare_slices(
-        cohort, training.acquisition_copies, training.seed, record)
-    slices = SliceSet.of(fitted)
-    record(f"{len(slices.pairs)} training slices")
+    record = TrainingLog(log)
+    data = prepare_slices(cohort, training.acquisition_copies, training.seed, record)
 
     folder = out / NETWORK_FOLDER
-    network = train_network(slices, folder, training, device, record)
-    save_weights(half_precision(network.state_dict()), folder, WEIGHTS_STEM)
-    write_manifest(folder, id=f"cddpm-network-{training.config}-ixi-2mm", method="cddpm-network",
-                   config=network.config.to_dict(), diffusion=cddpm_diffusion().to_dict(),
-                   noise=training.noise, weights="float16",
-                   training={key: value for key, value in asdict(training).items()
-                             if key != "inference"})
+    network = train_network(data.slices, folder, training, device, record)
+    save_network(folder, network, WEIGHTS_STEM, id=f"cddpm-network-{training.config}-ixi-2mm",
+                 method="cddpm-network", diffusion=cddpm_diffusion().to_dict(),
+                 noise=training.noise, training={key: value for key, value in
+                                                 asdict(training).items() if key != "inference"})
 
     settings = training.inference
     (out / "manifest.json").write_text(json.dumps({"inference": asdict(settings)}))
-    standard.save(out)
-    validated = calibrate_on_validation(load_cddpm(out).to(device), validation, out,
+    data.standard.save(out)
+    validated = calibrate_on_validation(load_cddpm(out).to(device), data.validation, out,
                                         "calibration_cddpm")
     record(validated.describe())
-    (out / "training.log").write_text("\n".join(lines) + "\n")
     write_slice_bundle_manifest(
         out, id="cddpm-ixi-2mm", method="cddpm",
         description="cDDPM (DDPM conditioned on the clean input, Behrendt et al. 2023) on the "
                     "axial slices of the 2 mm MNI grid, trained on healthy IXI subjects "
                     "harmonised to their intensity standard, with acquisition-augmented copies.",
-        training=training, settings=settings, device=device, standard=standard, cohort=cohort,
-        train_subjects=train_subjects, validation=validation, validated=validated, began=began)
+        training=training, settings=settings, device=device, data=data, cohort=cohort,
+        validated=validated, record=record)
     return out

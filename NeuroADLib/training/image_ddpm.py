@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..diffusion.process import DiffusionProcess
@@ -31,14 +29,14 @@ from ..methods.image_ddpm import (
     to_network,
 )
 from ..methods.thor import THORSettings, load_thor
-from ..models.weights import save_weights
 from ..networks.diffusion_unet import DIFFUSION_UNET_CONFIGS, DiffusionUNet
-from .loop import LoopSettings, run_training
-from .provenance import half_precision, write_manifest
+from .provenance import save_network
 from .slice_data import (
     SliceSet,
+    TrainingLog,
     calibrate_on_validation,
     prepare_slices,
+    train_slice_diffusion,
     write_slice_bundle_manifest,
 )
 
@@ -76,26 +74,11 @@ def epsilon_loss(network: DiffusionUNet, process: DiffusionProcess, x0: torch.Te
 
 def train_network(slices: SliceSet, out: Path, training: ImageDDPMTraining, device: str,
                   log=print) -> DiffusionUNet:
-    process = DiffusionProcess(image_ddpm_diffusion())
     torch.manual_seed(training.seed)
     network = DiffusionUNet(DIFFUSION_UNET_CONFIGS[training.config]).to(device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
-
-    def step(number: int, rng, generator: torch.Generator) -> dict:
-        rows = rng.integers(len(slices.pairs), size=training.batch_size)
-        x0, _ = slices.batch(rows, rng.random(training.batch_size) < 0.5)
-        t = torch.randint(process.num_timesteps, (training.batch_size,), generator=generator)
-        noise = initial_noise(training.noise, tuple(x0.shape), t, generator)
-        loss = epsilon_loss(network, process, x0.to(device), t.to(device), noise.to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        return {"mse": loss.item()}
-
-    run_training(out, {"ddpm": network}, {"adam": optimiser}, step,
-                 LoopSettings(training.steps, training.seed, training.checkpoint_every,
-                              training.log_every), log)
-    return network.eval()
+    return train_slice_diffusion(slices, out, network, DiffusionProcess(image_ddpm_diffusion()),
+                                 epsilon_loss, initial_noise, training, device, ("ddpm", "mse"),
+                                 log)
 
 
 def train_image_ddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
@@ -104,58 +87,44 @@ def train_image_ddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     """Train (or resume) the shared DDPM and write the calibrated THOR/AutoDDPM bundle."""
     training = training or ImageDDPMTraining()
     cohort, out = Path(cohort_dir), Path(out)
-    lines: list[str] = []
-
-    def record(message: str) -> None:  # the bundle keeps its own log
-        lines.append(message)
-        log(message)
-
-    began = time.perf_counter()
-    fitted, validation, standard, train_subjects = prepare_slices(
-        cohort, training.acquisition_copies, training.seed, record)
-    slices = SliceSet.of(fitted)
-    record(f"{len(slices.pairs)} training slices")
+    record = TrainingLog(log)
+    data = prepare_slices(cohort, training.acquisition_copies, training.seed, record)
 
     folder = out / NETWORK_FOLDER
-    network = train_network(slices, folder, training, device, record)
-    save_weights(half_precision(network.state_dict()), folder, WEIGHTS_STEM)
-    write_manifest(folder, id=f"ddpm-network-{training.config}-ixi-2mm", method="ddpm-network",
-                   config=network.config.to_dict(), diffusion=image_ddpm_diffusion().to_dict(),
-                   noise=training.noise, weights="float16",
-                   training={key: value for key, value in asdict(training).items()
-                             if key not in ("thor", "autoddpm")})
-    standard.save(out)
+    network = train_network(data.slices, folder, training, device, record)
+    save_network(folder, network, WEIGHTS_STEM, id=f"ddpm-network-{training.config}-ixi-2mm",
+                 method="ddpm-network", diffusion=image_ddpm_diffusion().to_dict(),
+                 noise=training.noise, training={key: value for key, value in
+                                                 asdict(training).items()
+                                                 if key not in ("thor", "autoddpm")})
+    data.standard.save(out)
 
     inference = {"thor": asdict(training.thor), "autoddpm": asdict(training.autoddpm)}
     (out / "manifest.json").write_text(json.dumps({"inference": inference}))
-    threshold = mask_threshold_from_healthy(load_autoddpm(out).to(device), validation)
+    threshold = mask_threshold_from_healthy(load_autoddpm(out).to(device), data.validation)
     inference["autoddpm"]["mask_threshold"] = threshold
     (out / "manifest.json").write_text(json.dumps({"inference": inference}))
     record(f"AutoDDPM mask threshold {threshold:.4f} (at most "
-           f"{training.autoddpm.mask_fpr:.0%} of healthy validation brain pixels above it)")
+           f"{training.autoddpm.mask_fpr:.0%} of healthy validation brain pixels reach it)")
 
     calibrations = {}
     for name, loader in (("thor", load_thor), ("autoddpm", load_autoddpm)):
-        calibrations[name] = calibrate_on_validation(loader(out).to(device), validation, out,
-                                                     f"calibration_{name}")
+        calibrations[name] = calibrate_on_validation(loader(out).to(device), data.validation,
+                                                     out, f"calibration_{name}")
         record(f"{name}: {calibrations[name].describe()}")
-    (out / "training.log").write_text("\n".join(lines) + "\n")
+    autoddpm = calibrations["autoddpm"]
     write_slice_bundle_manifest(
         out, id="ddpm-ixi-2mm", method="thor", variants=["autoddpm"],
         description="An unconditional DDPM on the axial slices of the 2 mm MNI grid, trained "
                     "on healthy IXI subjects harmonised to their intensity standard, with "
                     "acquisition-augmented copies; THOR (Bercea et al. 2024) and AutoDDPM "
                     "(Bercea et al. 2023) run on it.",
-        training=training, settings=inference, device=device, standard=standard,
-        cohort=cohort, train_subjects=train_subjects, validation=validation,
-        validated=calibrations["thor"], began=began,
-        anomaly_maps=ANOMALY_MAPS,
+        training=training, settings=inference, device=device, data=data, cohort=cohort,
+        validated=calibrations["thor"], record=record, anomaly_maps=ANOMALY_MAPS,
         metrics={"autoddpm": {
-            "calibration_threshold": calibrations["autoddpm"].calibration.threshold,
-            "healthy_flagged_range": calibrations["autoddpm"].calibration.healthy_flagged_range,
-            "pseudo_healthy_validation_reconstruction":
-                calibrations["autoddpm"].reconstruction,
-            "seconds_per_validation_scan":
-                round(calibrations["autoddpm"].seconds_per_scan, 1)},
-            "mask_threshold": float(np.float32(threshold))})
+            "calibration_threshold": autoddpm.calibration.threshold,
+            "healthy_flagged_range": autoddpm.calibration.healthy_flagged_range,
+            "pseudo_healthy_validation_reconstruction": autoddpm.reconstruction,
+            "seconds_per_validation_scan": round(autoddpm.seconds_per_scan, 1)},
+            "mask_threshold": threshold})
     return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
 from .slice_data import (
     SliceSet,
+    TrainingLog,
     calibrate_on_validation,
     prepare_slices,
     write_slice_bundle_manifest,
@@ -218,17 +218,9 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     training = training or MADADTraining()
     cohort, out = Path(cohort_dir), Path(out)
-    lines: list[str] = []
-
-    def record(message: str) -> None:  # the bundle keeps its own log
-        lines.append(message)
-        log(message)
-
-    began = time.perf_counter()
-    fitted, validation, standard, train_subjects = prepare_slices(
-        cohort, training.acquisition_copies, training.seed, record)
-    slices = SliceSet.of(fitted)
-    record(f"{len(slices.pairs)} training slices")
+    record = TrainingLog(log)
+    data = prepare_slices(cohort, training.acquisition_copies, training.seed, record)
+    slices, validation = data.slices, data.validation
 
     ae_folder = out / AUTOENCODER_FOLDER
     ae_config = SLICE_AUTOENCODER_CONFIGS[training.config]
@@ -258,18 +250,17 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     settings = training.inference
     (out / "manifest.json").write_text(json.dumps({"inference": asdict(settings),
                                                    "spacing_mm": 2.0}))
-    standard.save(out)
+    data.standard.save(out)
     model = load_mad_ad(out).to(device)
     validated = calibrate_on_validation(model, validation, out, "calibration_mad_ad")
     record(validated.describe())
-    (out / "training.log").write_text("\n".join(lines) + "\n")
     write_slice_bundle_manifest(
         out, id="mad-ad-ixi-2mm", method="mad_ad",
         description="MAD-AD (masked latent diffusion, Beizaee et al. 2025) on the axial "
                     "slices of the 2 mm MNI grid, trained on healthy IXI subjects harmonised "
                     "to their intensity standard, with acquisition-augmented copies.",
-        training=training, settings=settings, device=device, standard=standard, cohort=cohort,
-        train_subjects=train_subjects, validation=validation, validated=validated, began=began,
+        training=training, settings=settings, device=device, data=data, cohort=cohort,
+        validated=validated, record=record,
         metrics={"autoencoder_validation_reconstruction": quality})
     return out
 

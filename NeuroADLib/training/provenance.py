@@ -53,3 +53,12 @@ def write_manifest(folder: Path, **fields) -> Path:
     path = folder / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, default=float))
     return path
+
+
+def save_network(folder: Path, network, stem: str, **fields) -> Path:
+    """A trained network's weights in half precision (`stem`.safetensors, sharded when large)
+    and its manifest: the config it was built with (`network.config`) and `fields`."""
+    from ..models.weights import save_weights
+
+    save_weights(half_precision(network.state_dict()), folder, stem)
+    return write_manifest(folder, config=network.config.to_dict(), weights="float16", **fields)

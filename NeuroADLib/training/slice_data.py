@@ -5,17 +5,21 @@ copies (the scanner-robustness path every bundle shares)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..diffusion.process import DiffusionProcess
 from ..evaluation.metrics import mae_psnr_ssim
 from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
+from ..preprocessing.harmonisation import IntensityStandard
 from ..slices import brain_slices
 from .data import CohortSplit, load_split
 from .harmonisation import augmented_split, cohort_grid, fit_cohort_standard, harmonised_split
+from .loop import LoopSettings, run_training
 from .provenance import write_manifest
 
 
@@ -43,9 +47,38 @@ class SliceSet:
                 torch.from_numpy(np.stack(masks)[:, None].astype(np.float32)))
 
 
-def prepare_slices(cohort: Path, copies: int, seed: int, log=print):
-    """The harmonised training scans (+ `copies` augmented copies each), the harmonised
-    validation split, and the intensity standard they were harmonised to."""
+class TrainingLog:
+    """A trainer's log: each message goes to `log` and is kept for the bundle's training.log;
+    it also times the run from its creation."""
+
+    def __init__(self, log=print) -> None:
+        self.lines: list[str] = []
+        self.log = log
+        self.began = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.lines.append(message)
+        self.log(message)
+
+    def save(self, folder: Path) -> None:
+        (folder / "training.log").write_text("\n".join(self.lines) + "\n")
+
+
+@dataclass
+class SliceTrainingData:
+    """What a 2D trainer trains and calibrates on: the harmonised training scans (and their
+    augmented copies) as a slice pool, the harmonised validation split, the intensity standard
+    they were harmonised to, and the training subjects."""
+
+    slices: SliceSet
+    validation: CohortSplit
+    standard: IntensityStandard
+    train_subjects: list
+
+
+def prepare_slices(cohort: Path, copies: int, seed: int, log=print) -> SliceTrainingData:
+    """The cohort's training scans harmonised (+ `copies` augmented copies each) as a slice
+    pool, its harmonised validation split, and the intensity standard of both."""
     began = time.perf_counter()
     train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
     standard, (fitted, validation) = fit_cohort_standard(train, [train, validation],
@@ -56,7 +89,9 @@ def prepare_slices(cohort: Path, copies: int, seed: int, log=print):
                              fitted.rows + augmented.rows)
     log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
         f"{len(validation.rows)} validation scans: {time.perf_counter() - began:.0f} s")
-    return fitted, validation, standard, train.subjects
+    slices = SliceSet.of(fitted)
+    log(f"{len(slices.pairs)} training slices")
+    return SliceTrainingData(slices, validation, standard, train.subjects)
 
 
 @dataclass
@@ -94,28 +129,64 @@ def calibrate_on_validation(model, validation: CohortSplit, folder: Path, name: 
 
 
 def write_slice_bundle_manifest(out: Path, *, id: str, method: str, description: str,
-                                training, settings, device: str, standard, cohort: Path,
-                                train_subjects: list, validation: CohortSplit,
-                                validated: ValidationCalibration, began: float,
-                                metrics: dict | None = None, **fields) -> None:
+                                training, settings, device: str, data: SliceTrainingData,
+                                cohort: Path, validated: ValidationCalibration,
+                                record: TrainingLog, metrics: dict | None = None,
+                                **fields) -> None:
     """The bundle manifest of a 2D method trained on the IXI slices: what every such bundle
     records (data and licence, intensity standard, calibration, validation figures, training
     time), plus the method's own `metrics` and other `fields` (e.g. the `variants` a bundle
-    also serves). `settings`: the inference settings, a dataclass or a mapping of them."""
+    also serves), after the trainer's log. `settings`: the inference settings, a dataclass or
+    a mapping of them."""
     calibration = validated.calibration
+    record.save(out)
     write_manifest(
         out, id=id, method=method, version="1", contrast="t1", covariates=[],
         description=description, licence="CC BY-SA 3.0, as the IXI data it is derived from",
         inference=settings if isinstance(settings, dict) else asdict(settings),
         spacing_mm=2.0, training=asdict(training), device=device,
         intensity_standard={"file": "intensity_standard.json",
-                            "config": asdict(standard.config)},
+                            "config": asdict(data.standard.config)},
         training_data={"cohort": str(cohort.resolve()), "dataset": "IXI (CC BY-SA 3.0)",
-                       "train": train_subjects, "validation": validation.subjects},
+                       "train": data.train_subjects, "validation": data.validation.subjects},
         calibration={"threshold": calibration.threshold, "healthy_fpr_target": HEALTHY_FPR,
                      "healthy_flagged_range": calibration.healthy_flagged_range},
         metrics={**(metrics or {}),
                  "pseudo_healthy_validation_reconstruction": validated.reconstruction,
                  "seconds_per_validation_scan": round(validated.seconds_per_scan, 1),
-                 "training_seconds": round(time.perf_counter() - began, 1)},
+                 "training_seconds": round(time.perf_counter() - record.began, 1)},
         **fields)
+
+
+# loss(network, process, x0, t, noise) -> scalar; noise(kind, shape, t, generator) -> tensor
+SliceLoss = Callable[[torch.nn.Module, DiffusionProcess, torch.Tensor, torch.Tensor,
+                      torch.Tensor], torch.Tensor]
+NoiseDraw = Callable[[str, tuple, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def train_slice_diffusion(slices: SliceSet, out: Path, network: torch.nn.Module,
+                          process: DiffusionProcess, loss: SliceLoss, noise: NoiseDraw,
+                          training, device: str, names: tuple[str, str], log=print
+                          ) -> torch.nn.Module:
+    """Train (or resume, in `out`/checkpoint) an image-space diffusion network on random
+    slices of the pool, left-right flipped at random: t ~ U{0, ..., T-1}, the noise of
+    `training.noise`, Adam at `training.learning_rate`, batches of `training.batch_size`.
+    `names`: (the network's checkpoint name, the loss's name in the log)."""
+    optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
+    module_name, loss_name = names
+
+    def step(number: int, rng, generator: torch.Generator) -> dict:
+        rows = rng.integers(len(slices.pairs), size=training.batch_size)
+        x0, _ = slices.batch(rows, rng.random(training.batch_size) < 0.5)
+        t = torch.randint(process.num_timesteps, (training.batch_size,), generator=generator)
+        drawn = noise(training.noise, tuple(x0.shape), t, generator)
+        value = loss(network, process, x0.to(device), t.to(device), drawn.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        value.backward()
+        optimiser.step()
+        return {loss_name: value.item()}
+
+    run_training(out, {module_name: network}, {"adam": optimiser}, step,
+                 LoopSettings(training.steps, training.seed, training.checkpoint_every,
+                              training.log_every), log)
+    return network.eval()
