@@ -4,12 +4,13 @@ lesion of the first lesioned cases of a benchmark (the full chains cost hundreds
 evaluations per slice batch, too many for whole volumes on 2 CPU cores).
 
     python benchmarks/chain_tradeoff.py --model models/ddpm \
-        --cases ~/neuroad-cache/benchmarks/synthetic/cases.csv --n 4 --slices 8 \
+        --cases ~/neuroad-cache/benchmarks/synthetic/cases.csv --n 3 --slices 8 \
         --chain 1:1 --chain 10:0 --chain 50:0 [--json out.json]
 
 Each --chain is STRIDE:ETA. Prints, per method and chain, the mean voxel AP over the cases
-(inside the brain of the slices taken; each scan harmonised whole, the model run on its
-slices), the network evaluations per slice batch and the mean seconds per case.
+(inside the brain of the slices taken; each scan harmonised whole, the model run on those
+slices and MARGIN more on each side), the network evaluations per slice batch and the mean
+seconds per case (of the slices run).
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ from sklearn.metrics import average_precision_score
 from NeuroADLib.evaluation.harness import CaseVolumes
 from NeuroADLib.methods import load_method
 
+# Slices run on each side of the scored ones, so that the 3D median filter and the brain
+# erosion of the post-processing see the volume around them as in a whole-scan run.
+MARGIN = 4
 
-def lesion_block(lesion: np.ndarray, count: int) -> slice:
-    """`count` consecutive axial slices centred on the lesion's middle slice."""
-    z = np.flatnonzero(lesion.reshape(len(lesion), -1).any(axis=1))
-    middle = int(z[len(z) // 2])
-    start = int(np.clip(middle - count // 2, 0, len(lesion) - count))
-    return slice(start, start + count)
+
+def lesion_block(lesion: np.ndarray, count: int) -> tuple[slice, slice]:
+    """(the slices to run, the scored ones within them): the `count` consecutive axial slices
+    that hold the most lesion, with MARGIN more on each side to run."""
+    per_slice = lesion.reshape(len(lesion), -1).sum(axis=1)
+    window = np.convolve(per_slice, np.ones(count), mode="valid")
+    first = int(np.argmax(window))
+    start = int(np.clip(first - MARGIN, 0, len(lesion) - count - 2 * MARGIN))
+    run = slice(start, start + count + 2 * MARGIN)
+    return run, slice(first - start, first - start + count)
 
 
 def main() -> None:
@@ -63,13 +71,14 @@ def main() -> None:
             stride, eta = chain.split(":")
             method = load_method(name, args.model, {"stride": int(stride), "eta": float(eta)})
             aps, seconds = [], []
-            for image, brain, lesion, block in volumes:
+            for image, brain, lesion, (run, scored) in volumes:
                 harmonised, _ = method.standard.harmonise(image, brain)  # on the whole grid
                 start = time.perf_counter()
-                anomaly, _ = method.model.predict(harmonised[block], brain[block])
+                anomaly, _ = method.model.predict(harmonised[run], brain[run])
                 seconds.append(time.perf_counter() - start)
-                inside = brain[block]
-                aps.append(average_precision_score(lesion[block][inside], anomaly[inside]))
+                inside = brain[run][scored]
+                aps.append(average_precision_score(lesion[run][scored][inside],
+                                                   anomaly[scored][inside]))
             row = {"method": name, "stride": int(stride), "eta": float(eta),
                    "network_evaluations": method.model.settings.network_evaluations,
                    "ap": float(np.mean(aps)), "seconds_per_case": float(np.mean(seconds)),
