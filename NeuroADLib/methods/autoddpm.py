@@ -149,7 +149,8 @@ def mask_threshold_from_healthy(model: AutoDDPMModel, validation) -> float:
     (a CohortSplit, harmonised), so that at most mask_fpr of them reach it."""
     values = []
     for image, brain in zip(validation.images, validation.masks, strict=True):
-        for batch in np.array_split(brain_slices(brain), max(1, len(brain_slices(brain)) // 32)):
+        indices = brain_slices(brain)
+        for batch in np.array_split(indices, max(1, len(indices) // 32)):
             masks = brain[batch].astype(np.float32)
             noise = SliceNoise(model.settings.seed, model.ddpm.noise)
             _, weight = model.coarse(image[batch], masks, batch, noise)

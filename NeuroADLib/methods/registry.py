@@ -144,6 +144,11 @@ AUTODDPM_OPTION_SPECS = {
 # land on them.
 THOR_HARMONISATION_LEVELS = (300, 150, 50)
 
+
+def thor_skipped_levels(t_start: int, stride: int) -> list[int]:
+    """The harmonisation levels a THOR chain from `t_start` with `stride` would not visit."""
+    return [t for t in THOR_HARMONISATION_LEVELS if (t_start - t) % stride]
+
 ZSCORE_LOADER = "NeuroADLib.methods.zscore:load_zscore"
 CADD_LOADER = "NeuroADLib.methods.cadd:load_cadd"
 DDPM_LOADER = "NeuroADLib.methods.ddpm_baselines:load_ddpm_baseline"
@@ -236,8 +241,7 @@ def validate_options(name: str, options: dict | None) -> dict:
                              f"{name}.t_max={merged['t_max']}: t_min must be at most t_max.")
     if name == "thor":
         merged = {**METHODS[name].options, **checked}
-        missed = [t for t in THOR_HARMONISATION_LEVELS
-                  if (merged["t_start"] - t) % merged["stride"]]
+        missed = thor_skipped_levels(merged["t_start"], merged["stride"])
         if missed:
             raise ValueError(f"thor.stride={merged['stride']} skips the harmonisation levels "
                              f"{missed} from thor.t_start={merged['t_start']}: choose a stride "

@@ -41,9 +41,8 @@ from .image_ddpm import (
     steps_of,
     to_network,
 )
-from .registry import THOR_HARMONISATION_LEVELS
-
-HARMONISATION_LEVELS = THOR_HARMONISATION_LEVELS  # the paper's t in {300, 150, 50}
+from .registry import THOR_HARMONISATION_LEVELS as HARMONISATION_LEVELS
+from .registry import thor_skipped_levels
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class THORSettings:
             raise ValueError(f"thor.t_start={self.t_start} is below the harmonisation level "
                              f"{max(HARMONISATION_LEVELS)}: choose {max(HARMONISATION_LEVELS)} "
                              "or more.")
-        missed = [t for t in HARMONISATION_LEVELS if (self.t_start - t) % self.stride]
+        missed = thor_skipped_levels(self.t_start, self.stride)
         if missed:
             raise ValueError(f"thor.stride={self.stride} skips the harmonisation levels "
                              f"{missed} from t_start={self.t_start}: choose a stride that "
