@@ -236,6 +236,14 @@ def _train_ddpm(args: argparse.Namespace, device: str | None) -> None:
     train_image_ddpm(args.cohort, args.out, training, device)
 
 
+def _train_ranges(args: argparse.Namespace, device: str | None) -> None:
+    from .training.harmonisation import complete_healthy_ranges
+
+    added = complete_healthy_ranges(args.out, args.cohort)
+    print(f"{args.out}: added the healthy ranges of "
+          f"{', '.join(f'{k} {v[0]:.4f}-{v[1]:.4f}' for k, v in added.items()) or 'nothing'}")
+
+
 # What `neuroad train NAME` runs: (trainer, whether it trains with torch, help).
 TRAINERS = {
     "zscore": (_train_zscore, False, "the voxel-wise normative model"),
@@ -249,6 +257,8 @@ TRAINERS = {
                                   "calibration, in one resumable run"),
     "ddpm": (_train_ddpm, True, "the unconditional slice DDPM THOR and AutoDDPM share, and "
                                 "both methods' calibrations, in one resumable run"),
+    "ranges": (_train_ranges, False, "adds to the bundle at --out the healthy ranges its "
+                                     "intensity standard lacks (statistics added since)"),
 }
 
 

@@ -56,14 +56,16 @@ class MemoryModel:
     From peaks measured with /usr/bin/time (`--threads 1`), rounded up: `neuroad run` zscore
     on the 256 x 224 x 26 demo scan 656 MB, on a 240 x 240 x 155 skull-stripped scan 874 MB;
     `neuroad preprocess` of the demo resampled to 256 x 224 x 142 (skull on) 1572 MB; `run`
-    cadd (respacing 10) on the demo 1090 MB; `run` mad_ad (default config, 2 threads) on the
-    demo 1026 MB and on an IXI scan 1017 MB, where zscore peaks at 647 and 503 MB
+    cadd (respacing 10) on the demo 1090 MB; with 2 threads, on the demo and an IXI scan
+    (where zscore peaks at 649 and 505 MB): mad_ad (default config) 1026 and 1017 MB, cddpm
+    1154 and 1185 MB, thor 1384 and 1505 MB, autoddpm 1468 and 1492 MB
     (benchmarks/method_cost.sh)."""
 
     base_mb: float = 500.0
     bytes_per_voxel: float = 200.0
     family_mb: dict = field(default_factory=lambda: {"zscore": 50.0, "cadd": 600.0,
-                                                     "mad_ad": 550.0})
+                                                     "mad_ad": 550.0, "cddpm": 700.0,
+                                                     "ddpm": 1050.0})
 
     def estimate_mb(self, voxels: int, methods: list[str]) -> float:
         families = [METHODS[m].family for m in methods if m in METHODS]

@@ -280,6 +280,7 @@ _WHAT = {"white_matter_level": "white-matter intensity before harmonisation",
          "contrast_ratio": "grey/white-matter contrast ratio",
          "gain_median": "intensity correction needed (median gain)",
          "gain_spread": "spatial intensity correction needed (gain spread, 5th-95th pct)",
+         "noise_level": "noise level (smoothed to the healthy maximum before the model)",
          "flagged_fraction": "share of the brain above the threshold"}
 
 

@@ -191,6 +191,8 @@ def test_memory_estimate_grows_with_voxels_and_methods():
     assert model.estimate_mb(10**7, ["zscore"]) > model.estimate_mb(10**6, ["zscore"])
     assert model.estimate_mb(10**6, ["zscore", "cadd"]) > model.estimate_mb(10**6, ["zscore"])
     assert model.estimate_mb(10**6, ["mad_ad"]) > model.estimate_mb(10**6, ["zscore"])
+    # every method family has its own measured working memory
+    assert {info.family for info in METHODS.values()} <= set(model.family_mb)
     available, source = available_memory_mb()
     assert available is None or (available > 0 and source)
 

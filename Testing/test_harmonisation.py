@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from conftest import ellipsoid_brain
+from conftest import ellipsoid_brain, fabricated_cohort
 from scipy import ndimage
 
-from NeuroADLib.methods.base import Calibration, LoadedMethod
+from NeuroADLib.errors import ModelError
+from NeuroADLib.methods.base import Calibration, LoadedMethod, load_method
 from NeuroADLib.pipeline import out_of_distribution_report
 from NeuroADLib.postprocessing import ReferenceStatistics
 from NeuroADLib.preprocessing.harmonisation import (
@@ -15,7 +18,10 @@ from NeuroADLib.preprocessing.harmonisation import (
     IntensityStandard,
     healthy_ranges,
     intensity_profile,
+    match_noise,
+    noise_level,
     out_of_distribution,
+    smooth_in_brain,
 )
 from NeuroADLib.synthesis.acquisition import (
     AcquisitionConfig,
@@ -205,3 +211,88 @@ def test_thick_slices_average_along_the_axial_axis_only():
     np.testing.assert_allclose(thick[3:-4], ramp[3:-4], atol=1.01)
     noisy = rng.random((30, 12, 10))
     assert thick_slices(noisy, 4.0).std(axis=0).mean() < noisy.std(axis=0).mean() / 1.5
+
+
+def _gaussian_high_pass_gain() -> float:
+    """Closed form: the standard deviation of x - G_1(x) for unit white noise in 3D, with
+    scipy's kernel (sigma 1, truncated at 4 sigma): sqrt(1 - 2 g_0 + sum g^2) for the separable
+    kernel g = w x w x w."""
+    offsets = np.arange(-4, 5)
+    w = np.exp(-offsets ** 2 / 2.0)
+    w /= w.sum()
+    g = np.einsum("i,j,k->ijk", w, w, w)
+    return float(np.sqrt(1 - 2 * g[4, 4, 4] + (g ** 2).sum()))
+
+
+def test_noise_level_matches_the_closed_form_for_white_noise_and_ignores_smooth_anatomy():
+    shape = (48, 48, 48)
+    brain = ellipsoid_brain(shape)
+    smooth = ndimage.gaussian_filter(np.random.default_rng(0).random(shape), 6) * brain
+    noise = np.random.default_rng(1).normal(0, 1, shape)
+    for sigma in (0.02, 0.05):
+        assert noise_level(smooth + sigma * noise, brain) == pytest.approx(
+            sigma * _gaussian_high_pass_gain(), rel=0.04)
+    assert noise_level(smooth, brain) < 0.1 * 0.02 * _gaussian_high_pass_gain()
+
+
+def test_match_noise_smooths_a_noisy_scan_to_the_ceiling_and_leaves_a_quiet_one_alone():
+    image, brain, _ = anatomy()
+    noisy = ((image + np.random.default_rng(2).normal(0, 0.06, SHAPE)) * brain).astype(np.float32)
+    ceiling = 0.5 * noise_level(noisy, brain)
+    matched, sigma = match_noise(noisy, brain, ceiling)
+    assert 0 < sigma < 2.0
+    assert noise_level(matched, brain) == pytest.approx(ceiling, rel=0.02)
+    assert noise_level(smooth_in_brain(noisy, brain, 0.9 * sigma), brain) > ceiling  # smallest
+    assert not matched[~brain].any()
+    assert matched[brain].mean() == pytest.approx(noisy[brain].mean(), rel=0.02)  # no darkening
+    same, none = match_noise(noisy, brain, 2 * noise_level(noisy, brain))
+    assert same is noisy and none == 0.0
+
+
+def test_harmonise_matches_noise_only_with_a_healthy_noise_range_and_reports_it_before():
+    image, brain, core = anatomy()
+    standard = IntensityStandard.fit([image], [brain], 2.0, priors_from(core), CONFIG)
+    noisy = ((image + np.random.default_rng(3).normal(0, 0.06, SHAPE)) * brain).astype(np.float32)
+    before = noise_level(noisy, brain)
+    assert standard.noise_ceiling is None  # a standard built without the noise range
+    plain, gain = standard.harmonise(noisy, brain)
+    np.testing.assert_allclose(plain, noisy * gain * brain, rtol=1e-6)
+    ceiling = 0.5 * before
+    matching = standard.with_healthy_ranges({"noise_level": [0.0, ceiling]})
+    matched, gain = matching.harmonise(noisy, brain)
+    assert noise_level(matched, brain) < 1.1 * ceiling < before
+    statistics = matching.statistics(noisy, matched, brain, gain)
+    assert statistics["noise_level"] == pytest.approx(noise_level(plain, brain))
+    assert not {c["statistic"]: c for c in out_of_distribution(
+        statistics, matching.healthy_ranges)}["noise_level"]["inside"]
+    assert matching.with_config(match_noise=False).noise_ceiling is None
+
+
+def test_complete_healthy_ranges_adds_only_missing_statistics_and_keeps_the_bundle_verified(
+        tmp_path):
+    from NeuroADLib.methods.zscore import ZScoreConfig
+    from NeuroADLib.models.bundles import MANIFEST, Bundle, verify_bundle
+    from NeuroADLib.training.harmonisation import complete_healthy_ranges
+    from NeuroADLib.training.zscore import train_zscore
+
+    cohort = fabricated_cohort(tmp_path / "cohort", (24, 28, 24), 8)
+    bundle = train_zscore(cohort, tmp_path / "zscore", ZScoreConfig(acquisition_copies=0))
+    standard = IntensityStandard.load(bundle)
+    full = dict(standard.healthy_ranges)
+    without_noise = {k: v for k, v in full.items() if k != "noise_level"}
+    standard.with_healthy_ranges(without_noise).save(bundle)  # as a bundle built before it
+    added = complete_healthy_ranges(bundle, cohort)
+    assert list(added) == ["noise_level"]
+    assert added["noise_level"] == pytest.approx(full["noise_level"])
+    completed = IntensityStandard.load(bundle).healthy_ranges
+    assert completed.keys() == full.keys()
+    assert all(completed[key] == pytest.approx(full[key]) for key in full)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    verify_bundle(Bundle(bundle, manifest))  # the manifest's hash follows the new standard
+    assert manifest["intensity_standard"]["ranges_added"]["scans"] == 8
+    assert complete_healthy_ranges(bundle, cohort) == {}
+    with pytest.raises(ModelError, match="not a bundle"):
+        complete_healthy_ranges(tmp_path / "absent", cohort)
+    assert IntensityStandard.load(bundle).noise_ceiling == pytest.approx(full["noise_level"][1])
+    # zscore's spread holds the scans' noise already: its scans are not smoothed
+    assert load_method("zscore", bundle).standard.noise_ceiling is None

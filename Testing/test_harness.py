@@ -57,7 +57,8 @@ def test_trained_model_records_its_provenance(trained):
     method = load_method("zscore", folder)
     assert method.standard is not None
     assert set(method.standard.healthy_ranges) == {"white_matter_level", "contrast_ratio",
-                                                   "gain_median", "gain_spread"}
+                                                   "gain_median", "gain_spread",
+                                                   "noise_level"}
     low, high = method.calibration.healthy_flagged_range
     assert 0 <= low <= high <= 1
 

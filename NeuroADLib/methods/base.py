@@ -193,10 +193,14 @@ class LoadedMethod:
         harmonised, gain = self.standard.harmonise(image, brain)
         anomaly, healthy = self.model.predict(harmonised, brain, subject, on_step)
         statistics = self.standard.statistics(image, harmonised, brain, gain)
+        ceiling = self.standard.noise_ceiling
         return Prediction(self.calibration.output_map(anomaly, brain),
                           (healthy / gain * brain).astype(np.float32), {
             "applied": True, "method": "intensity profile matching to the training cohort",
             "config": asdict(self.standard.config), "statistics": statistics,
+            "noise_matching": {"ceiling": ceiling,
+                               "applied": ceiling is not None
+                               and statistics["noise_level"] > ceiling},
             "checks": out_of_distribution(statistics, self.standard.healthy_ranges)})
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
@@ -254,5 +258,8 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
         raise OptionError(f"{name} has no option {', '.join(sorted(unknown))}; its options: "
                           f"{', '.join(info.options) or 'none'}.")
     model = resolve_loader(info.loader)(folder, name, dict(options or {}))
+    standard = IntensityStandard.load(folder)
+    if standard is not None and not info.matches_noise:
+        standard = standard.with_config(match_noise=False)
     return LoadedMethod(name, info.contrast, model, Calibration.load(folder, info.calibration),
-                        IntensityStandard.load(folder))
+                        standard)

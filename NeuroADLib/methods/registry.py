@@ -72,8 +72,10 @@ class MethodInfo:
     """A method: its `family` (the methods one bundle and one loader serve), the `loader` that
     builds its model from a bundle folder ("package.module:function", called as
     `function(folder, name, options)`; see `methods.base.load_method`), the `covariates` it
-    conditions on (`Subject` field names), its `options` with their defaults and specs, and the
-    stem of its `calibration` files in the bundle."""
+    conditions on (`Subject` field names), its `options` with their defaults and specs, the
+    stem of its `calibration` files in the bundle, and whether a scan noisier than the healthy
+    cohort is smoothed to it first (`matches_noise`: for the methods that compare a scan with
+    its reconstruction, which reads excess noise as anomaly; see preprocessing.harmonisation)."""
 
     name: str
     description: str
@@ -84,6 +86,7 @@ class MethodInfo:
     options: dict = field(default_factory=dict)
     option_specs: dict = field(default_factory=dict)
     calibration: str = "calibration"
+    matches_noise: bool = True
 
 
 # MAD-AD's inference knobs and the paper's defaults (MADADSettings mirrors them; a test keeps
@@ -164,7 +167,7 @@ def _cadd(name: str, description: str, covariates: tuple[str, ...] = ()) -> Meth
 METHODS = {
     "zscore": MethodInfo("zscore", "Voxel-wise normative intensity model: |z| against healthy "
                          "subjects of the same age (classical baseline).", "zscore",
-                         ZSCORE_LOADER, covariates=("age",)),
+                         ZSCORE_LOADER, covariates=("age",), matches_noise=False),
     "cadd": _cadd("cadd", "CADD: conditional latent diffusion with KL-guided inpainting "
                   "(Algorithm 1), normative for age and sex.", ("age", "sex")),
     "cadd_nocov": _cadd("cadd_nocov", "CADD without covariates (ablation)."),

@@ -18,6 +18,13 @@ lesion (which departs from its surroundings) falls out of p and keeps its contra
 smooth field and a global scale are removed. 1 / p is the gain, returned so that a
 pseudo-healthy image goes back to the scan's own scale.
 
+Noise matching (README, "Scan noise"): a scan noisier than every healthy training scan is
+smoothed, inside its brain, until its noise level is back at the healthy maximum. A
+reconstruction is smooth, so a method that compares a scan with its reconstruction reads
+excess noise as anomaly everywhere; the real lesion scans here are up to twice as noisy as
+IXI. The cohort's scans are never smoothed (the ceiling is their own maximum), so a model's
+training data and calibration are unchanged.
+
 `tissue_statistics` gives each scan's grey / white matter levels and contrast for the report
 and the out-of-distribution check; it does not change intensities (a grey/white piecewise
 mapping on top was measured and did not help).
@@ -32,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from ..postprocessing.filters import erode_brain_mask
 
 STANDARD_JSON = "intensity_standard.json"
 STANDARD_WEIGHTS = "intensity_standard.safetensors"
@@ -49,6 +58,11 @@ WM_CORE_PROBABILITY = 0.9
 GM_CORE_PROBABILITY = 0.7
 WM_CORE_QUANTILE = 0.55
 GM_CORE_QUANTILES = (0.25, 0.5)
+# The noise level is measured inside the brain eroded this many voxels (away from its edge).
+NOISE_EROSION = 3
+# Noise matching smooths with a Gaussian of at most this sigma (voxels), found by bisection.
+NOISE_MAX_SIGMA = 2.0
+NOISE_BISECTIONS = 10
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,7 @@ class HarmonisationConfig:
     profile_sigma_mm: float = 10.0  # smoothness of the profile (Gaussian sigma)
     outlier_window: float = 1.5  # robust standard deviations around the expected ratio
     refinements: int = 2  # re-selections of the voxels against the previous profile
+    match_noise: bool = True  # smooth a scan noisier than every healthy scan down to them
 
 
 def tissue_statistics(image: np.ndarray, brain: np.ndarray, wm_core: np.ndarray,
@@ -99,6 +114,49 @@ def intensity_profile(image: np.ndarray, brain: np.ndarray, reference: np.ndarra
     return profile.astype(np.float32), used
 
 
+def noise_level(image: np.ndarray, brain: np.ndarray) -> float:
+    """A scan's noise: the robust standard deviation (1.4826 x the median absolute deviation)
+    of its high frequencies x - G_1(x) (a Gaussian of one voxel) inside the eroded brain. The
+    median ignores the few voxels on tissue edges, so that anatomy counts little."""
+    return _detail_level(image, erode_brain_mask(brain, NOISE_EROSION))
+
+
+def _detail_level(image: np.ndarray, inner: np.ndarray) -> float:
+    if not inner.any():
+        return float("nan")
+    image = np.asarray(image, np.float32)
+    detail = (image - ndimage.gaussian_filter(image, 1.0))[inner]
+    return float(1.4826 * np.median(np.abs(detail - np.median(detail))))
+
+
+def smooth_in_brain(image: np.ndarray, brain: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian of `sigma` voxels inside the brain only (a normalised convolution, so that
+    the zeros outside do not darken its edge); zero outside."""
+    inside = np.asarray(brain, np.float32)
+    smoothed = ndimage.gaussian_filter(np.asarray(image, np.float32) * inside, sigma)
+    weight = ndimage.gaussian_filter(inside, sigma)
+    return np.where(inside > 0, smoothed / np.maximum(weight, 1e-3), 0).astype(np.float32)
+
+
+def match_noise(image: np.ndarray, brain: np.ndarray, ceiling: float
+                ) -> tuple[np.ndarray, float]:
+    """(image, sigma): the image unchanged (sigma 0) when its noise level is at most
+    `ceiling`, otherwise smoothed inside the brain by the smallest Gaussian (to 1/2^10 of
+    NOISE_MAX_SIGMA, by bisection: the level falls as sigma grows) that brings it to the
+    ceiling, or by NOISE_MAX_SIGMA when none up to it does."""
+    inner = erode_brain_mask(brain, NOISE_EROSION)
+    if not _detail_level(image, inner) > ceiling:
+        return image, 0.0
+    low, high = 0.0, NOISE_MAX_SIGMA
+    for _ in range(NOISE_BISECTIONS):
+        middle = (low + high) / 2
+        if _detail_level(smooth_in_brain(image, brain, middle), inner) > ceiling:
+            low = middle
+        else:
+            high = middle
+    return smooth_in_brain(image, brain, high), high
+
+
 @dataclass
 class IntensityStandard:
     """The training cohort's mean image and the region where a scan's profile is measured
@@ -132,29 +190,47 @@ class IntensityStandard:
                             else _cores_from_image(mean_image, coverage == 1))
         return cls(reference, region, wm_core, gm_core, spacing_mm, config)
 
+    @property
+    def noise_ceiling(self) -> float | None:
+        """The healthy scans' highest noise level, above which a scan is smoothed; None when
+        noise matching is off or the standard has no noise range (a bundle built before it)."""
+        if not self.config.match_noise or "noise_level" not in self.healthy_ranges:
+            return None
+        return float(self.healthy_ranges["noise_level"][1])
+
     def harmonise(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(harmonised image, gain): x / p inside the brain, zero outside; gain = 1 / p."""
+        """(harmonised image, gain): x / p inside the brain, zero outside, with its noise
+        matched to the healthy ceiling; gain = 1 / p."""
         brain = np.asarray(brain, bool)
         profile, _ = intensity_profile(image, brain, self.reference, self.region, self.config,
                                        self.spacing_mm)
         gain = np.where(brain, 1.0 / profile, 1.0).astype(np.float32)
-        return (np.asarray(image, np.float32) * gain * brain).astype(np.float32), gain
+        harmonised = (np.asarray(image, np.float32) * gain * brain).astype(np.float32)
+        if self.noise_ceiling is not None:
+            harmonised, _ = match_noise(harmonised, brain, self.noise_ceiling)
+        return harmonised, gain
 
     def statistics(self, image: np.ndarray, harmonised: np.ndarray, brain: np.ndarray,
                    gain: np.ndarray) -> dict:
         """What the out-of-distribution check compares with the healthy cohort: the scan's
-        white-matter level before harmonisation, its grey/white contrast after, and how much
-        correction it needed (the median gain, and the spread of the gain over the brain)."""
+        white-matter level before harmonisation, its grey/white contrast after, how much
+        correction it needed (the median gain, and the spread of the gain over the brain) and
+        its noise level on the cohort's scale, before noise matching."""
         brain = np.asarray(brain, bool)
         before = tissue_statistics(image, brain, self.wm_core, self.gm_core)
         low, median, high = np.percentile(gain[brain], [5.0, 50.0, 95.0])
         return {"white_matter_level": before["wm"],
                 "contrast_ratio": tissue_statistics(harmonised, brain, self.wm_core,
                                                     self.gm_core)["contrast_ratio"],
-                "gain_median": float(median), "gain_spread": float(high - low)}
+                "gain_median": float(median), "gain_spread": float(high - low),
+                "noise_level": noise_level(np.asarray(image, np.float32) * gain * brain, brain)}
 
     def with_healthy_ranges(self, ranges: dict) -> IntensityStandard:
         return replace(self, healthy_ranges=ranges)
+
+    def with_config(self, **changes) -> IntensityStandard:
+        """The standard with some of its HarmonisationConfig knobs changed."""
+        return replace(self, config=replace(self.config, **changes))
 
     def save(self, folder: str | os.PathLike) -> None:
         """Only the reference inside its region, in half precision, with bit masks."""

@@ -36,16 +36,26 @@ def half_precision(state: dict) -> dict:
             for name, tensor in state.items()}
 
 
+def command_line() -> str:
+    """The `neuroad` command this process runs."""
+    return " ".join(["neuroad", *sys.argv[1:]]) if sys.argv else ""
+
+
+def file_entry(path: Path) -> dict:
+    """A manifest's record of one file: its size and sha256."""
+    return {"bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
 def write_manifest(folder: Path, **fields) -> Path:
     """manifest.json with the given fields, the training command, code version, time, and the
     size and sha256 of every other file in the folder and its sub-folders (training
     checkpoints aside)."""
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    files = {p.relative_to(folder).as_posix(): file_entry(p)
              for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / "manifest.json"
              and CHECKPOINT not in p.relative_to(folder).parts}
     manifest = {
         **fields,
-        "training_command": " ".join(["neuroad", *sys.argv[1:]]) if sys.argv else "",
+        "training_command": command_line(),
         "code_version": code_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": files,
