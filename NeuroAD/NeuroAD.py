@@ -350,6 +350,8 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "{index:.2f} (z = {z:+.2f} against healthy subjects)").format(
             index=result.abnormalityIndex, z=result.abnormalityIndexZ)
         warnings = result.distributionWarnings
+        if result.benchmarkCaveat:
+            warnings.append(_("The method is {caveat}.").format(caveat=result.benchmarkCaveat))
         self.ui.distributionLabel.text = (
             _("Unlike the healthy training scans:") + "\n" + "\n".join(
                 f"\u2022 {warning}" for warning in warnings) if warnings

@@ -371,10 +371,13 @@ def _run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     for name, report in reports.items():
+        verdict = report["model"].get("benchmark")
+        caveat = (f" ({verdict['summary']})" if verdict and not verdict["meets_the_zscore_bar"]
+                  else "")
         print(f"{name}: abnormality index {report['abnormality_index']:.2f} "
               f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
               f"{report['lesions']['count']} anomalous regions, "
-              f"{report['lesions']['volume_ml']:.1f} mL")
+              f"{report['lesions']['volume_ml']:.1f} mL{caveat}")
     print(f"wrote {args.out}: pseudo_healthy.nii.gz, anomaly_map.nii.gz, anomaly_mask.nii.gz, "
           "report.json, summary.png")
     return 0

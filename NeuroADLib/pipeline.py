@@ -240,7 +240,9 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
         "options": options,
         "model": {"id": bundle.id, "version": bundle.manifest.get("version", ""),
                   "folder": str(bundle.folder),
-                  "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()}},
+                  "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()},
+                  **({"benchmark": verdict} if (verdict := benchmark_verdict(
+                      bundle.manifest, method.name, method.calibration.map_kind)) else {})},
         **({"anomaly_map": bundle.manifest["anomaly_maps"][method.name]}
            if method.name in bundle.manifest.get("anomaly_maps", {}) else {}),
         "device": {"used": device, "asked": device_preference, "platform": platform.platform()},
@@ -260,6 +262,29 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
     return report, native_mask
+
+
+# NeuroAD's bar for every method: more AP than zscore at <= 1% healthy false positives (to the
+# 0.1% a leave-one-out estimate over healthy scans is reported at).
+HEALTHY_FPR_BAR = 0.01
+
+
+def benchmark_verdict(manifest: dict, method: str, map_kind: str) -> dict | None:
+    """What the bundle's recorded benchmark (manifest `benchmark`, benchmarks/record_figures.py)
+    says of the method's map against zscore's on the same synthetic cases: NeuroAD's bar is a
+    higher AP at <= 1% healthy false positives. None when the bundle records no figures."""
+    benchmark = manifest.get("benchmark", {})
+    figures = benchmark.get("figures", {}).get(method, {}).get(map_kind)
+    baseline = benchmark.get("zscore_on_the_same_cases", {}).get("zscore", {}).get("raw")
+    if not figures or not baseline:
+        return None
+    meets = bool(figures["ap"] > baseline["ap"]
+                 and round(figures["healthy_fpr"], 3) <= HEALTHY_FPR_BAR)
+    return {"synthetic_ap": figures["ap"], "zscore_synthetic_ap": baseline["ap"],
+            "healthy_fpr": figures["healthy_fpr"], "meets_the_zscore_bar": meets,
+            "summary": f"{'above' if meets else 'below'} the zscore baseline on NeuroAD's "
+                       f"benchmark: AP {figures['ap']:.3f} against {baseline['ap']:.3f}",
+            "cases": benchmark.get("cases", "")}
 
 
 def out_of_distribution_report(harmonisation: dict, flagged_fraction: float,

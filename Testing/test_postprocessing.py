@@ -230,7 +230,8 @@ def test_reference_statistics_and_zscore_map_closed_form():
     maps[:, 0, 0, :] = 1.0  # a row where healthy maps agree exactly: std at the relative floor
     full = np.ones(maps.shape, bool)
     reference = ReferenceStatistics.from_healthy_maps(maps, full, top_fraction=0.05)
-    expected_std = np.maximum(maps.std(axis=0), 0.1 * np.median(maps.std(axis=0)))
+    stds = maps.std(axis=0)
+    expected_std = np.maximum(stds, 0.1 * np.median(stds[stds > 0]))
     assert np.all(expected_std[0, 0] > 0)
     np.testing.assert_allclose(reference.mean, maps.mean(axis=0))
     np.testing.assert_allclose(reference.std, expected_std)
@@ -261,7 +262,7 @@ def test_reference_statistics_use_only_covering_masks():
     supported = masks.sum(axis=0) >= 3
     stds = [maps[(slice(None), *v)][masks[(slice(None), *v)]].std()
             for v in itertools.product(*(range(n) for n in maps.shape[1:])) if supported[v]]
-    floor = 0.1 * np.median(stds)
+    floor = 0.1 * np.median([s for s in stds if s > 0])
     for v in itertools.product(*(range(n) for n in maps.shape[1:])):
         covering = maps[(slice(None), *v)][masks[(slice(None), *v)]]
         assert reference.mean[v] == pytest.approx(covering.mean() if covering.size else 0.0)
@@ -273,6 +274,23 @@ def test_reference_statistics_use_only_covering_masks():
     z = zscore_map(maps[0] + 1.0, reference)
     assert z[0, 0, 0] == z[1, 1, 1] == z[2, 2, 2] == 0.0 and np.all(np.isfinite(z))
     assert np.max(np.abs(z)) <= (maps.max() + 1.0) / floor
+
+
+def test_a_sparse_healthy_map_keeps_a_useful_std_floor():
+    """Healthy maps that are exactly 0 in most voxels (AutoDDPM's masked map): the floor comes
+    from the voxels where they vary, so a small value where healthy maps were 0 is not read as
+    thousands of standard deviations."""
+    maps, _ = healthy_cohort()
+    sparse = np.zeros_like(maps)
+    sparse[:, :2] = maps[:, :2]  # the healthy maps vary on a few voxels only
+    full = np.ones(maps.shape, bool)
+    reference = ReferenceStatistics.from_healthy_maps(sparse, full)
+    varying = sparse.std(axis=0)[:2]
+    floor = 0.1 * np.median(varying[varying > 0])
+    assert reference.std[2:].min() == pytest.approx(floor)
+    probe = np.zeros(maps.shape[1:])
+    probe[-1] = np.median(varying)  # a typical healthy deviation where healthy maps were 0
+    assert zscore_map(probe, reference).max() == pytest.approx(np.median(varying) / floor)
 
 
 @pytest.mark.parametrize("top_fraction", [0.01, 0.05, 0.37, 1.0])

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import IXI_SCAN, require
+from conftest import IXI_SCAN, REPO, require
 
 from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_USAGE
 from NeuroADLib.models import find_bundle
@@ -131,3 +131,40 @@ def test_options_other_than_the_calibrated_defaults_are_named():
     assert changed_options("cadd", None) == {}
     assert changed_options("cadd", {"t_int": 250, "seed": 42}) == {}
     assert changed_options("cadd", {"t_int": 1000, "seed": 42}) == {"t_int": 1000}
+
+
+def _recorded(ap: float, healthy_fpr: float = 0.01) -> dict:
+    return {"benchmark": {
+        "cases": "ten cases",
+        "figures": {"thor": {"raw": {"ap": ap, "healthy_fpr": healthy_fpr}}},
+        "zscore_on_the_same_cases": {"zscore": {"raw": {"ap": 0.466, "healthy_fpr": 0.01}}}}}
+
+
+def test_benchmark_verdict_holds_the_method_to_the_zscore_bar():
+    from NeuroADLib.pipeline import benchmark_verdict
+
+    below = benchmark_verdict(_recorded(0.311), "thor", "raw")
+    assert not below["meets_the_zscore_bar"]
+    assert below["summary"] == ("below the zscore baseline on NeuroAD's benchmark: AP 0.311 "
+                                "against 0.466")
+    assert benchmark_verdict(_recorded(0.5), "thor", "raw")["meets_the_zscore_bar"]
+    # more AP bought with more healthy false positives does not meet it
+    assert not benchmark_verdict(_recorded(0.5, 0.02), "thor", "raw")["meets_the_zscore_bar"]
+    assert benchmark_verdict(_recorded(0.5), "thor", "normative") is None  # not measured
+    assert benchmark_verdict({}, "thor", "raw") is None
+
+
+def test_the_slicer_result_says_when_its_method_is_below_the_bar():
+    sys.path.insert(0, str(REPO / "NeuroAD"))
+    pytest.importorskip("slicer")
+    from NeuroADSlicerLib.results import ResultNodes
+
+    from NeuroADLib.pipeline import benchmark_verdict
+
+    def result(ap: float) -> ResultNodes:
+        verdict = benchmark_verdict(_recorded(ap), "thor", "raw")
+        return ResultNodes("thor", None, None, None, {"model": {"benchmark": verdict}}, None)
+
+    assert result(0.311).benchmarkCaveat.startswith("below the zscore baseline")
+    assert result(0.5).benchmarkCaveat == ""
+    assert ResultNodes("zscore", None, None, None, {"model": {}}, None).benchmarkCaveat == ""

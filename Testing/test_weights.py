@@ -36,6 +36,7 @@ def test_a_missing_shard_is_refused(tmp_path):
         load_weights(tmp_path, "net")
 
 
-def test_every_shipped_bundle_file_is_under_10_mb():
+def test_every_shipped_bundle_file_is_under_10_mb_and_all_together_under_60_mb():
     files = [p for p in (REPO / "NeuroADLib" / "models" / "bundled").rglob("*") if p.is_file()]
     assert files and max(p.stat().st_size for p in files) < 10 * 10**6
+    assert sum(p.stat().st_size for p in files) < 60 * 10**6

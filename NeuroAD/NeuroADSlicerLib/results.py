@@ -55,6 +55,13 @@ class ResultNodes:
         ranges); empty when the scan looks like the healthy training scans."""
         return list(self.report.get("out_of_distribution", {}).get("warnings", []))
 
+    @property
+    def benchmarkCaveat(self) -> str:
+        """The engine's sentence when the model's recorded benchmark puts the method below
+        NeuroAD's zscore bar; empty otherwise (or when the model records no benchmark)."""
+        verdict = self.report.get("model", {}).get("benchmark")
+        return "" if not verdict or verdict["meets_the_zscore_bar"] else verdict["summary"]
+
     def setThreshold(self, threshold: float) -> int:
         """Re-threshold the segmentation (in-process); returns the voxel count."""
         return self.liveThreshold.update(threshold)

@@ -20,8 +20,10 @@ from .thresholds import _in_mask
 
 _STD_FLOOR = 1e-6  # keeps a voxel that is constant over healthy subjects from dividing by 0
 # A voxel's z-score needs healthy evidence: at least this fraction of the subjects (and two) must
-# cover it, and its std is floored at this fraction of the median voxel std, so that a voxel
-# seen by one or two brains, or where healthy maps happen to agree, cannot dominate the index.
+# cover it, and its std is floored at this fraction of the median std of the voxels where the
+# healthy maps vary at all, so that a voxel seen by one or two brains, or where healthy maps
+# happen to agree (a sparse map, such as AutoDDPM's masked one, is 0 in most of a healthy
+# brain), cannot dominate the index.
 MIN_COVERAGE = 0.5
 RELATIVE_STD_FLOOR = 0.1
 
@@ -49,8 +51,8 @@ class ReferenceStatistics:
         the mean and (population) std use only the subjects whose mask covers it. Where fewer
         than `MIN_COVERAGE` of the subjects (or fewer than two) cover a voxel the std is
         infinite, so that its z-score is 0 (no evidence either way); elsewhere it is floored
-        at `RELATIVE_STD_FLOOR` times the median std. The subjects' indices are computed with
-        these same statistics, i.e. in-sample."""
+        at `RELATIVE_STD_FLOOR` times the median of the non-zero stds. The subjects' indices
+        are computed with these same statistics, i.e. in-sample."""
         maps = np.stack([np.asarray(m, dtype=np.float64) for m in maps])
         masks = np.stack([np.asarray(m, dtype=bool) for m in masks])
         if maps.shape != masks.shape:
@@ -62,8 +64,9 @@ class ReferenceStatistics:
         safe_count = np.maximum(count, 1)
         mean = np.where(masks, maps, 0.0).sum(axis=0) / safe_count
         raw_std = np.sqrt(np.where(masks, (maps - mean) ** 2, 0.0).sum(axis=0) / safe_count)
-        floor = max(RELATIVE_STD_FLOOR * float(np.median(raw_std[supported]))
-                    if supported.any() else 0.0, _STD_FLOOR)
+        varying = supported & (raw_std > 0)
+        floor = max(RELATIVE_STD_FLOOR * float(np.median(raw_std[varying]))
+                    if varying.any() else 0.0, _STD_FLOOR)
         std = np.where(supported, np.maximum(raw_std, floor), np.inf)
         voxel_statistics = cls(mean, std, 0.0, 1.0, top_fraction)
         indices = [
