@@ -236,6 +236,19 @@ def _train_ddpm(args: argparse.Namespace, device: str | None) -> None:
     train_image_ddpm(args.cohort, args.out, training, device)
 
 
+def _train_sdm(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
+    from .training.sdm import SDMTraining, train_sdm
+
+    training = SDMTraining(config=args.config)
+    if args.steps:
+        training = replace(training, steps=args.steps)
+    if args.acquisition_copies is not None:
+        training = replace(training, acquisition_copies=args.acquisition_copies)
+    train_sdm(args.cohort, args.out, training, device)
+
+
 def _train_ranges(args: argparse.Namespace, device: str | None) -> None:
     from .training.harmonisation import complete_healthy_ranges
 
@@ -257,6 +270,8 @@ TRAINERS = {
                                   "calibration, in one resumable run"),
     "ddpm": (_train_ddpm, True, "the unconditional slice DDPM THOR and AutoDDPM share, and "
                                 "both methods' calibrations, in one resumable run"),
+    "sdm": (_train_sdm, True, "SDM (the longitudinal method's semantic DDIM) and FAM's "
+                              "feature extractor, and calibration, in one resumable run"),
     "ranges": (_train_ranges, False, "adds to the bundle at --out the healthy ranges its "
                                      "intensity standard lacks (statistics added since)"),
 }
@@ -549,15 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--acquisition-copies", type=int, choices=range(0, 11), metavar="N",
-                   help="zscore / mad_ad / cddpm: acquisition-augmented copies of every training "
-                   "scan (defaults 2 / 1 / 1; 0 for none)")
+                   help="zscore / mad_ad / cddpm / ddpm / sdm: acquisition-augmented copies of "
+                   "every training scan (defaults 2 / 1 / 1 / 1 / 1; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
-                   help="autoencoder / transformer / mad_ad / cddpm: named network size")
+                   help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm: named network "
+                        "size")
     p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
-                                             "cddpm: training steps")
+                                             "cddpm / ddpm / sdm: training steps")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

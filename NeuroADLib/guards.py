@@ -65,7 +65,7 @@ class MemoryModel:
     bytes_per_voxel: float = 200.0
     family_mb: dict = field(default_factory=lambda: {"zscore": 50.0, "cadd": 600.0,
                                                      "mad_ad": 550.0, "cddpm": 700.0,
-                                                     "ddpm": 1050.0})
+                                                     "ddpm": 1050.0, "sdm": 800.0})
 
     def estimate_mb(self, voxels: int, methods: list[str]) -> float:
         families = [METHODS[m].family for m in methods if m in METHODS]

@@ -17,7 +17,7 @@ from NeuroADLib.methods.registry import CDDPM_OPTIONS, validate_options
 from NeuroADLib.models.weights import load_weights
 from NeuroADLib.networks.conditioned_unet import (
     CONDITIONED_UNET_CONFIGS,
-    CDDPMNetwork,
+    EncoderConditionedNetwork,
     FiLMResBlock,
 )
 from NeuroADLib.training.cddpm import cddpm_loss, train_cddpm
@@ -51,7 +51,7 @@ def test_film_scales_and_shifts_the_normalised_features():
 
 def test_the_context_of_the_clean_image_changes_the_estimate():
     torch.manual_seed(0)
-    network = CDDPMNetwork(CONDITIONED_UNET_CONFIGS["tiny"]).eval()
+    network = EncoderConditionedNetwork(CONDITIONED_UNET_CONFIGS["tiny"]).eval()
     xt, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])
     with torch.no_grad():
         a = network(xt, t, torch.zeros(2, 1, 16, 16))
@@ -81,7 +81,7 @@ def test_t_min_above_t_max_is_refused():
 
 def test_loss_is_l1_of_the_x0_prediction_on_the_forward_process():
     torch.manual_seed(0)
-    network = CDDPMNetwork(CONDITIONED_UNET_CONFIGS["tiny"])
+    network = EncoderConditionedNetwork(CONDITIONED_UNET_CONFIGS["tiny"])
     process = DiffusionProcess(cddpm_diffusion())
     x0, t = torch.rand(3, 1, 16, 16), torch.tensor([0, 400, 999])
     noise = SimplexNoise().sample((3, 1, 16, 16), t, torch.Generator().manual_seed(1))

@@ -26,7 +26,7 @@ import torch
 from ..diffusion.noise import SimplexNoise, gaussian_noise
 from ..diffusion.process import DiffusionConfig, DiffusionProcess
 from ..models.weights import load_weights
-from ..networks.conditioned_unet import CDDPMNetwork, ConditionedUNetConfig
+from ..networks.conditioned_unet import ConditionedUNetConfig, EncoderConditionedNetwork
 from ..postprocessing import filtered_in_eroded_brain
 from ..progress import StepCallback
 from ..slices import brain_slices, map_slices, slice_batch_size
@@ -78,7 +78,7 @@ def from_network(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CDDPMModel:
-    network: CDDPMNetwork
+    network: EncoderConditionedNetwork
     diffusion: DiffusionProcess
     noise: str
     settings: CDDPMSettings
@@ -156,7 +156,7 @@ def load_cddpm(folder: str | Path, name: str = "cddpm", options: dict | None = N
     folder = Path(folder)
     bundle = json.loads((folder / "manifest.json").read_text())
     manifest = json.loads((folder / NETWORK_FOLDER / "manifest.json").read_text())
-    network = CDDPMNetwork(ConditionedUNetConfig.from_dict(manifest["config"]))
+    network = EncoderConditionedNetwork(ConditionedUNetConfig.from_dict(manifest["config"]))
     network.load_state_dict(load_weights(folder / NETWORK_FOLDER, WEIGHTS_STEM))
     settings = CDDPMSettings(**{**bundle.get("inference", {}), **(options or {})})
     return CDDPMModel(network.eval(), DiffusionProcess(DiffusionConfig(**manifest["diffusion"])),

@@ -152,9 +152,23 @@ def thor_skipped_levels(t_start: int, stride: int) -> list[int]:
     """The harmonisation levels a THOR chain from `t_start` with `stride` would not visit."""
     return [t for t in THOR_HARMONISATION_LEVELS if (t_start - t) % stride]
 
+# SDM's and FAM's inference knobs (SDMSettings mirrors them; a test keeps them equal): the
+# report's, but for the DDIM step count (100 in the report, 10 for 2 CPU cores). T = 1000.
+SDM_OPTIONS = {"noise_level": 250, "steps": 10, "pixel_weight": 1.0, "median_size": 5,
+               "erosion": 3, "seed": 42}
+SDM_OPTION_SPECS = {
+    "noise_level": OptionSpec(int, 1, 999),
+    "steps": OptionSpec(int, 1, 999),
+    "pixel_weight": OptionSpec(float, 0, 100),
+    "median_size": OptionSpec(int, 1, 9),
+    "erosion": OptionSpec(int, 0, 10),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
+
 ZSCORE_LOADER = "NeuroADLib.methods.zscore:load_zscore"
 CADD_LOADER = "NeuroADLib.methods.cadd:load_cadd"
 DDPM_LOADER = "NeuroADLib.methods.ddpm_baselines:load_ddpm_baseline"
+SDM_LOADER = "NeuroADLib.methods.sdm:load_sdm"
 
 
 def _cadd(name: str, description: str, covariates: tuple[str, ...] = ()) -> MethodInfo:
@@ -196,6 +210,15 @@ METHODS = {
                            DDPM_LOADER,
                            options=AUTODDPM_OPTIONS, option_specs=AUTODDPM_OPTION_SPECS,
                            calibration="calibration_autoddpm"),
+    "sdm": MethodInfo("sdm", "SDM: a DDIM conditioned on a semantic code of the slice; the "
+                      "scan DDIM-inverted to t = 250 and decoded; map: |x - x_hat| "
+                      "(single-visit ablation of the longitudinal method).", "sdm", SDM_LOADER,
+                      options=SDM_OPTIONS, option_specs=SDM_OPTION_SPECS,
+                      calibration="calibration_sdm"),
+    "sdm_fam": MethodInfo("sdm_fam", "SDM + FAM: SDM's pixel distance plus the feature "
+                          "distance of a fine-tuned encoder (single-visit ablation of the "
+                          "longitudinal method).", "sdm", SDM_LOADER, options=SDM_OPTIONS,
+                          option_specs=SDM_OPTION_SPECS, calibration="calibration_sdm_fam"),
 }
 
 
@@ -242,6 +265,12 @@ def validate_options(name: str, options: dict | None) -> dict:
         if merged["t_min"] > merged["t_max"]:
             raise ValueError(f"{name}.t_min={merged['t_min']} is above "
                              f"{name}.t_max={merged['t_max']}: t_min must be at most t_max.")
+    if METHODS[name].family == "sdm":
+        merged = {**METHODS[name].options, **checked}
+        if merged["steps"] > merged["noise_level"]:
+            raise ValueError(f"{name}.steps={merged['steps']} is above "
+                             f"{name}.noise_level={merged['noise_level']}: at most one DDIM "
+                             "step per noise level.")
     if name == "thor":
         merged = {**METHODS[name].options, **checked}
         missed = thor_skipped_levels(merged["t_start"], merged["stride"])

@@ -1,11 +1,16 @@
-"""cDDPM's networks (Behrendt et al. 2023, section 3.2 and Fig. 1): a ResNet image encoder
-F_enc that turns the clean slice into a context vector c in R^d, and a 2D denoising UNet whose
-residual blocks are scaled and shifted by c and the time step:
+"""Diffusion UNets conditioned on an encoding of the clean image: a ResNet image encoder that
+turns the slice into a code c in R^d, and a 2D denoising UNet whose residual blocks are scaled
+and shifted by c and the time step. Two ways to condition (`ConditionedUNetConfig.conditioning`):
 
+cDDPM's FiLM (Behrendt et al. 2023, section 3.2 and Fig. 1), "film":
     c_t   = MLP_I(sinusoidal(t))                       the time step as a vector in R^d
     c'    = [c, c_t]                                   in R^2d
     gamma, beta = split(MLP_II_i(c'))                  one projection per residual block
     f'_i  = f_i * (gamma + 1) + beta                   FiLM on the block's normalised features
+
+SDM's AdaGN (the longitudinal report, eq. 3.1, after Diff-AE), "adagn":
+    (t_s, t_b) = Linear(c_t),  (y_s, y_b) = Linear(y_sem)      per residual block
+    AdaGN(h) = y_s (t_s GroupNorm(h) + t_b) + y_b              scales written as 1 + s
 
 The encoder is MONAI's 2D ResNet with a fully connected head of d outputs. MONAI's diffusion
 UNet adds its time embedding to the features and has no scale-and-shift conditioning, so the
@@ -31,6 +36,7 @@ class ConditionedUNetConfig:
     encoder_channels: tuple[int, int, int, int] = (16, 32, 64, 128)  # ResNet stages
     encoder_blocks: tuple[int, int, int, int] = (1, 1, 1, 1)  # residual blocks per stage
     norm_num_groups: int = 8
+    conditioning: str = "film"  # "film" (cDDPM) or "adagn" (SDM)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -90,6 +96,29 @@ class FiLMResBlock(nn.Module):
         return self.skip(x) + self.conv2(nn.functional.silu(h))
 
 
+class AdaGNResBlock(FiLMResBlock):
+    """FiLMResBlock with SDM's AdaGN (eq. 3.1) in place of FiLM: the time step scales and
+    shifts the normalised features, then the semantic code scales and shifts the result.
+    `condition` is c' = [y_sem, c_t], split in halves."""
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
+                 groups: int) -> None:
+        super().__init__(in_channels, out_channels, condition_dim // 2, groups)
+        self.time_projection = nn.Sequential(nn.SiLU(),
+                                             nn.Linear(condition_dim // 2, 2 * out_channels))
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        code, time = condition.chunk(2, dim=1)
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        t_s, t_b = self.time_projection(time)[:, :, None, None].chunk(2, dim=1)
+        y_s, y_b = self.film(code)[:, :, None, None].chunk(2, dim=1)
+        h = (y_s + 1) * (self.norm2(h) * (t_s + 1) + t_b) + y_b
+        return self.skip(x) + self.conv2(nn.functional.silu(h))
+
+
+CONDITIONED_BLOCKS = {"film": FiLMResBlock, "adagn": AdaGNResBlock}
+
+
 class SelfAttention(nn.Module):
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
@@ -113,12 +142,17 @@ def build_encoder(config: ConditionedUNetConfig) -> nn.Module:
 
 
 class ConditionedUNet(nn.Module):
-    """x0 estimate = f_theta(x_t, t, c): a UNet of FiLM residual blocks."""
+    """f_theta(x_t, t, c): a UNet of conditioned residual blocks (its output is what the
+    diffusion process's prediction type says: x0 for cDDPM, eps for SDM)."""
 
     def __init__(self, config: ConditionedUNetConfig) -> None:
         super().__init__()
+        if config.conditioning not in CONDITIONED_BLOCKS:
+            raise ValueError(f"Unknown conditioning {config.conditioning!r}; known: "
+                             f"{', '.join(CONDITIONED_BLOCKS)}.")
         self.config = config
         d, groups, channels = config.condition_dim, config.norm_num_groups, config.channels
+        block = CONDITIONED_BLOCKS[config.conditioning]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], d), nn.SiLU(),
                                       nn.Linear(d, d))  # MLP I
         self.conv_in = nn.Conv2d(1, channels[0], 3, padding=1)
@@ -127,20 +161,20 @@ class ConditionedUNet(nn.Module):
         for level, out in enumerate(channels):
             blocks = []
             for _ in range(config.num_res_blocks):
-                blocks.append(FiLMResBlock(width, out, 2 * d, groups))
+                blocks.append(block(width, out, 2 * d, groups))
                 width = out
             self.down.append(nn.ModuleList(blocks))
             self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1)
                                    if level + 1 < len(channels) else nn.Identity())
-        self.middle = nn.ModuleList([FiLMResBlock(width, width, 2 * d, groups),
-                                     FiLMResBlock(width, width, 2 * d, groups)])
+        self.middle = nn.ModuleList([block(width, width, 2 * d, groups),
+                                     block(width, width, 2 * d, groups)])
         self.attention = (SelfAttention(width, groups) if config.attention_at_deepest_level
                           else nn.Identity())
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(len(channels))):
             out = channels[level]
-            blocks = [FiLMResBlock(width + out, out, 2 * d, groups)]
-            blocks += [FiLMResBlock(out, out, 2 * d, groups)
+            blocks = [block(width + out, out, 2 * d, groups)]
+            blocks += [block(out, out, 2 * d, groups)
                        for _ in range(config.num_res_blocks - 1)]
             self.up.append(nn.ModuleList(blocks))
             width = out
@@ -170,9 +204,9 @@ class ConditionedUNet(nn.Module):
         return self.out(h)
 
 
-class CDDPMNetwork(nn.Module):
-    """F_enc and the UNet, trained end to end (section 3.2): f(x_t, t, x0) = UNet(x_t, t,
-    F_enc(x0))."""
+class EncoderConditionedNetwork(nn.Module):
+    """The encoder and the UNet, trained end to end (cDDPM section 3.2, SDM eq. 3.2):
+    f(x_t, t, x0) = UNet(x_t, t, Enc(x0))."""
 
     def __init__(self, config: ConditionedUNetConfig) -> None:
         super().__init__()
@@ -182,3 +216,18 @@ class CDDPMNetwork(nn.Module):
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return self.unet(xt, t, self.encoder(x0))
+
+
+def resnet_features(encoder: nn.Module, x: torch.Tensor, stages: tuple[int, ...]
+                    ) -> list[torch.Tensor]:
+    """The feature maps of MONAI ResNet `encoder` at the ends of its residual stages `stages`
+    (1-4), as FAM compares them (the longitudinal report, eq. 3.4)."""
+    h = encoder.act(encoder.bn1(encoder.conv1(x)))
+    if not encoder.no_max_pool:
+        h = encoder.maxpool(h)
+    features = []
+    for stage in range(1, max(stages) + 1):
+        h = getattr(encoder, f"layer{stage}")(h)
+        if stage in stages:
+            features.append(h)
+    return features

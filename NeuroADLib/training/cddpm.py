@@ -31,7 +31,7 @@ from ..methods.cddpm import (
     load_cddpm,
     to_network,
 )
-from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, CDDPMNetwork
+from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, EncoderConditionedNetwork
 from .provenance import save_network
 from .slice_data import (
     SliceSet,
@@ -57,7 +57,7 @@ class CDDPMTraining:
     seed: int = 0
 
 
-def cddpm_loss(network: CDDPMNetwork, process: DiffusionProcess, x0: torch.Tensor,
+def cddpm_loss(network: EncoderConditionedNetwork, process: DiffusionProcess, x0: torch.Tensor,
                t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """L_rec = |x0 - f_theta(x_t, t, F_enc(x0))| on the network's [-1, 1] scale."""
     x = to_network(x0)
@@ -67,9 +67,9 @@ def cddpm_loss(network: CDDPMNetwork, process: DiffusionProcess, x0: torch.Tenso
 
 
 def train_network(slices: SliceSet, out: Path, training: CDDPMTraining, device: str,
-                  log=print) -> CDDPMNetwork:
+                  log=print) -> EncoderConditionedNetwork:
     torch.manual_seed(training.seed)
-    network = CDDPMNetwork(CONDITIONED_UNET_CONFIGS[training.config]).to(device)
+    network = EncoderConditionedNetwork(CONDITIONED_UNET_CONFIGS[training.config]).to(device)
     return train_slice_diffusion(slices, out, network, DiffusionProcess(cddpm_diffusion()),
                                  cddpm_loss, forward_noise, training, device, ("cddpm", "l1"),
                                  log)
