@@ -30,7 +30,9 @@ EXAMPLES = {
     "prepare-cohort": "example:\n  neuroad prepare-cohort ../shared/data/ixi_t1_2mm "
                       "--cache ~/.neuroad/cohorts/ixi_2mm --workers 2",
     "demo": "example:\n  neuroad demo --out neuroad-demo",
-    "run": "example:\n  neuroad run scan.nii.gz --age 54 --sex F --method zscore --out results",
+    "run": "example:\n  neuroad run scan.nii.gz --age 54 --sex F --method zscore --out results"
+           "\n  neuroad run v1.nii.gz v2.nii.gz v3.nii.gz --age 61.0 62.5 64.1 --sex F "
+           "--method longitudinal --out results",
     "batch": "example:\n  neuroad batch cases.csv --method zscore --out results\n"
              "  neuroad batch cases.csv --method zscore --out results --cluster local:2\n"
              "  neuroad batch cases.csv --method cadd --out results --device cuda "
@@ -50,6 +52,7 @@ EXAMPLES = {
              "--autoencoder models/autoencoder --transformer models/transformer --out models/cadd"
              "\n  neuroad train mad_ad --cohort ~/neuroad-cache/ixi_2mm --out models/mad_ad"
              "\n  neuroad train cddpm --cohort ~/neuroad-cache/ixi_2mm --out models/cddpm"
+             "\n  neuroad train sdm --cohort ~/neuroad-cache/ixi_2mm --out models/sdm"
              "\n  neuroad train ddpm --cohort ~/neuroad-cache/ixi_2mm --out models/ddpm",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
@@ -374,27 +377,59 @@ def _terminal_progress():
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import run
+    from .methods.registry import LONGITUDINAL_METHODS
 
     _threads(args.threads)
+    longitudinal = [m for m in args.method if m in LONGITUDINAL_METHODS]
+    if longitudinal and len(args.method) > 1:
+        raise UsageError(f"{longitudinal[0]} reads a patient's visits and runs alone: give it "
+                         "as the only --method.")
+    if not longitudinal and (len(args.input) > 1 or len(args.age) > 1):
+        raise UsageError(f"{len(args.input)} scans and {len(args.age)} ages: several visits of "
+                         "one patient need a longitudinal method (--method longitudinal); "
+                         "to run many patients, use neuroad batch.")
     progress, bar = _terminal_progress()
     try:
-        reports = run(args.input, args.age, args.sex, args.method, args.out, args.brain_mask,
-                      args.seed, progress=progress, device=args.device,
-                      options=_parse_options(args.option))
+        if longitudinal:
+            return _run_visits(args, progress)
+        from .pipeline import run
+
+        reports = run(args.input[0], args.age[0], args.sex, args.method, args.out,
+                      (args.brain_mask or [None])[0], args.seed, progress=progress,
+                      device=args.device, options=_parse_options(args.option))
     finally:
         if bar is not None:
             bar.close()
     for name, report in reports.items():
-        verdict = report["model"].get("benchmark")
-        caveat = (f" ({verdict['summary']})" if verdict and not verdict["meets_the_zscore_bar"]
-                  else "")
-        print(f"{name}: abnormality index {report['abnormality_index']:.2f} "
-              f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
-              f"{report['lesions']['count']} anomalous regions, "
-              f"{report['lesions']['volume_ml']:.1f} mL{caveat}")
+        print(f"{name}: {_report_line(report)}")
     print(f"wrote {args.out}: pseudo_healthy.nii.gz, anomaly_map.nii.gz, anomaly_mask.nii.gz, "
           "report.json, summary.png")
+    return 0
+
+
+def _report_line(report: dict) -> str:
+    """A run's result in one line: index, regions, volume, and the benchmark caveat."""
+    verdict = report["model"].get("benchmark")
+    caveat = (f" ({verdict['summary']})" if verdict and not verdict["meets_the_zscore_bar"]
+              else "")
+    return (f"abnormality index {report['abnormality_index']:.2f} "
+            f"(z = {report['abnormality_index_z']:+.2f} against healthy subjects), "
+            f"{report['lesions']['count']} anomalous regions, "
+            f"{report['lesions']['volume_ml']:.1f} mL{caveat}")
+
+
+def _run_visits(args: argparse.Namespace, progress) -> int:
+    from .longitudinal import run_visits
+
+    method = args.method[0]
+    reports = run_visits(args.input, args.age, args.sex, args.out, method, args.brain_mask,
+                         args.seed, progress=progress, device=args.device,
+                         options=_parse_options(args.option).get(method))
+    for number, report in enumerate(reports, start=1):
+        print(f"visit {number} (age {report['covariates']['age']:g}): {_report_line(report)}")
+    print(f"wrote {args.out}: visit1/ ... visit{len(reports)}/ (each pseudo_healthy.nii.gz, "
+          "anomaly_map.nii.gz, anomaly_mask.nii.gz, report.json, summary.png), summary.png, "
+          "visits.json")
     return 0
 
 
@@ -632,12 +667,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", "Run anomaly detection on a scan: pseudo-healthy image, anomaly map, "
                        "anomaly mask and report, in the scan's own geometry.")
-    p.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder")
-    p.add_argument("--age", type=float, required=True, help="age in years (0-120)")
+    p.add_argument("input", nargs="+", help="NIfTI, NRRD, MHA file or DICOM series folder; "
+                   "a longitudinal method takes a patient's visits, in scan order")
+    p.add_argument("--age", type=float, nargs="+", required=True,
+                   help="age in years (0-120); one per visit for a longitudinal method")
     p.add_argument("--sex", required=True, choices=["F", "M"])
     p.add_argument("--method", action="append", required=True, choices=method_choices(),
                    help="method (repeat to compare several)")
-    p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
+    p.add_argument("--brain-mask", nargs="+", help="brain mask of the input (skips brain "
+                   "extraction); one per visit for a longitudinal method")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

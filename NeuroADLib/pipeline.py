@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +184,38 @@ def write_consensus(masks: dict[str, sitk.Image], native: sitk.Image, folder: Pa
     return summary
 
 
+@dataclass
+class MethodOutput:
+    """What one method made of one scan, on the grid, ready to be written: its map, its
+    pseudo-healthy image, its segmentation with the report of the threshold that made it, what
+    the harmonisation did, where it ran, and method-specific report fields."""
+
+    anomaly: np.ndarray
+    healthy: np.ndarray
+    segmentation: np.ndarray
+    threshold: dict
+    harmonisation: dict
+    device: str
+    extra: dict = field(default_factory=dict)
+
+
+def predict_on_device(method: LoadedMethod, grid_image: np.ndarray, brain: np.ndarray,
+                      subject: Subject, progress: Progress, device_preference: str,
+                      predict=None):
+    """`predict(method)` (default: the method's run on the scan) on the chosen device; a CUDA
+    out-of-memory error runs it again on the CPU. Returns (its result, the device used)."""
+    predict = predict or (lambda m: m.run(grid_image, brain, subject, progress.substep))
+    device = select_device(device_preference)
+    try:
+        return predict(method.to(device)), device
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+    progress.emit({"event": "log", "message": f"{method.name}: CUDA ran out of memory; "
+                   "running again on the CPU (slower)."})
+    return predict(method.to("cpu")), "cpu (after CUDA out of memory)"
+
+
 def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_image: np.ndarray,
                 brain: np.ndarray, subject: Subject, folder: Path, timings: dict,
                 input_info: dict, progress: Progress, device_preference: str,
@@ -192,23 +224,28 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     scan."""
     progress.step(f"{method.name}: anomaly map")
     start = time.perf_counter()
-    device = select_device(device_preference)
-    try:
-        prediction = method.to(device).run(grid_image, brain, subject, progress.substep)
-    except Exception as error:
-        if not is_out_of_memory(error):
-            raise
-        progress.emit({"event": "log", "message": f"{method.name}: CUDA ran out of memory; "
-                       "running again on the CPU (slower)."})
-        device = "cpu (after CUDA out of memory)"
-        prediction = method.to("cpu").run(grid_image, brain, subject, progress.substep)
-    anomaly, healthy = prediction.anomaly, prediction.healthy
+    prediction, device = predict_on_device(method, grid_image, brain, subject, progress,
+                                           device_preference)
     timings["method"] = time.perf_counter() - start
+    threshold = method.calibration.output_threshold
+    output = MethodOutput(prediction.anomaly, prediction.healthy,
+                          binarize(prediction.anomaly, threshold, brain),
+                          _threshold_report(method, threshold, options),
+                          prediction.harmonisation, device)
+    return write_method_outputs(method, bundle, case, native, brain, subject, folder, timings,
+                                input_info, progress, device_preference, options, output)
 
+
+def write_method_outputs(method: LoadedMethod, bundle, case, native: sitk.Image,
+                         brain: np.ndarray, subject: Subject, folder: Path, timings: dict,
+                         input_info: dict, progress: Progress, device_preference: str,
+                         options: dict, output: MethodOutput) -> tuple[dict, sitk.Image]:
+    """A method's result on one scan written into `folder` on the scan's own geometry
+    (pseudo-healthy image, map, mask, summary picture, report); returns the report and the
+    mask on the scan."""
     progress.step(f"{method.name}: back to the scan")
     start = time.perf_counter()
-    threshold = method.calibration.output_threshold
-    segmentation = binarize(anomaly, threshold, brain)
+    anomaly, healthy, segmentation = output.anomaly, output.healthy, output.segmentation
     index = abnormality_index(method.calibration.index_zmap(anomaly), brain,
                               method.calibration.reference.top_fraction)
     native_map = grid_to_native(_on_grid(anomaly, case.image), case.template_to_native, native)
@@ -245,18 +282,20 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
                       bundle.manifest, method.name, method.calibration.map_kind)) else {})},
         **({"anomaly_map": bundle.manifest["anomaly_maps"][method.name]}
            if method.name in bundle.manifest.get("anomaly_maps", {}) else {}),
-        "device": {"used": device, "asked": device_preference, "platform": platform.platform()},
+        "device": {"used": output.device, "asked": device_preference,
+                   "platform": platform.platform()},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "threshold": _threshold_report(method, threshold, options),
+        "threshold": output.threshold,
         "abnormality_index": index,
         "abnormality_index_z": index_zscore(index, method.calibration.reference),
         "lesions": {"count": int(lesions),
                     "volume_ml": float(mask_array.sum() * np.prod(native.GetSpacing()) / 1000)},
-        "harmonisation": prediction.harmonisation,
+        "harmonisation": output.harmonisation,
         "out_of_distribution": out_of_distribution_report(
-            prediction.harmonisation, float(segmentation.sum() / max(brain.sum(), 1)),
+            output.harmonisation, float(segmentation.sum() / max(brain.sum(), 1)),
             method.calibration),
         "preprocessing": case.report,
+        **output.extra,
         "outputs": ["pseudo_healthy.nii.gz", "anomaly_map.nii.gz", "anomaly_mask.nii.gz",
                     "summary.png"],
     }

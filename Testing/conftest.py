@@ -185,3 +185,24 @@ def tiny_ddpm_bundle(root: Path) -> tuple[Path, Path]:
 
     cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
     return cohort, train_image_ddpm(cohort, root / "ddpm", tiny_ddpm_training(), log=_quiet)
+
+
+def tiny_sdm_training():
+    """SDM's tiny network and FAM's extractor trained for two steps each, checkpointed every
+    step, run with two DDIM steps each way and a 3^3 median filter."""
+    from NeuroADLib.methods.sdm import SDMSettings
+    from NeuroADLib.training.sdm import FAMTraining, SDMTraining
+
+    return SDMTraining(config="tiny", steps=2, batch_size=4,
+                       fam=FAMTraining(pairs=8, steps=2, batch_size=4),
+                       inference=SDMSettings(steps=2, median_size=3, erosion=1),
+                       acquisition_copies=1, checkpoint_every=1, log_every=1)
+
+
+def tiny_sdm_bundle(root: Path) -> tuple[Path, Path]:
+    """A fabricated cohort of 8 subjects (32^3) and an SDM bundle (root/sdm) of
+    `tiny_sdm_training` on it."""
+    from NeuroADLib.training.sdm import train_sdm
+
+    cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
+    return cohort, train_sdm(cohort, root / "sdm", tiny_sdm_training(), log=_quiet)

@@ -28,6 +28,7 @@ from conftest import (
     tiny_cddpm_bundle,
     tiny_ddpm_bundle,
     tiny_mad_ad_bundle,
+    tiny_sdm_bundle,
 )
 
 from NeuroADLib.errors import ModelError, OptionError
@@ -84,6 +85,12 @@ def ddpm_bundle(root: Path) -> TinyBundle:
     return TinyBundle(tiny_ddpm_bundle(root)[1], TINY_CADD_SHAPE)
 
 
+def sdm_bundle(root: Path) -> TinyBundle:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return TinyBundle(tiny_sdm_bundle(root)[1], TINY_CADD_SHAPE)
+
+
 # family -> a function building a tiny bundle of every method of that family
 BUNDLE_BUILDERS: dict[str, Callable[[Path], TinyBundle]] = {
     "zscore": zscore_bundle,
@@ -91,6 +98,7 @@ BUNDLE_BUILDERS: dict[str, Callable[[Path], TinyBundle]] = {
     "mad_ad": mad_ad_bundle,
     "cddpm": cddpm_bundle,
     "ddpm": ddpm_bundle,
+    "sdm": sdm_bundle,
 }
 FAMILIES = sorted({info.family for info in METHODS.values()})
 

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -181,27 +181,37 @@ class LoadedMethod:
     calibration: Calibration
     standard: IntensityStandard | None = None
 
-    def run(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
-            on_step: StepCallback | None = None) -> Prediction:
-        """Harmonise the scan to the model's intensity standard, then the model; the anomaly
-        map is the calibration's output map (raw or normative). `on_step(done, total)` hears
-        of the method's inner steps (diffusion sampling) and may raise to stop."""
+    def harmonise(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, Any, dict]:
+        """The scan as the model sees it (harmonised to the model's intensity standard), the
+        gain that did it (1 without a standard), and the report of what it did and measured."""
         if self.standard is None:
-            anomaly, healthy = self.model.predict(image, brain, subject, on_step)
-            return Prediction(self.calibration.output_map(anomaly, brain), healthy,
-                              {"applied": False})
+            return image, 1.0, {"applied": False}
         harmonised, gain = self.standard.harmonise(image, brain)
-        anomaly, healthy = self.model.predict(harmonised, brain, subject, on_step)
         statistics = self.standard.statistics(image, harmonised, brain, gain)
         ceiling = self.standard.noise_ceiling
-        return Prediction(self.calibration.output_map(anomaly, brain),
-                          (healthy / gain * brain).astype(np.float32), {
+        return harmonised, gain, {
             "applied": True, "method": "intensity profile matching to the training cohort",
             "config": asdict(self.standard.config), "statistics": statistics,
             "noise_matching": {"ceiling": ceiling,
                                "applied": ceiling is not None
                                and statistics["noise_level"] > ceiling},
-            "checks": out_of_distribution(statistics, self.standard.healthy_ranges)})
+            "checks": out_of_distribution(statistics, self.standard.healthy_ranges)}
+
+    def unharmonised(self, healthy: np.ndarray, brain: np.ndarray, gain: Any) -> np.ndarray:
+        """A pseudo-healthy image back on the input's intensity scale."""
+        if self.standard is None:
+            return healthy
+        return (healthy / gain * brain).astype(np.float32)
+
+    def run(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+            on_step: StepCallback | None = None) -> Prediction:
+        """Harmonise the scan to the model's intensity standard, then the model; the anomaly
+        map is the calibration's output map (raw or normative). `on_step(done, total)` hears
+        of the method's inner steps (diffusion sampling) and may raise to stop."""
+        harmonised, gain, report = self.harmonise(image, brain)
+        anomaly, healthy = self.model.predict(harmonised, brain, subject, on_step)
+        return Prediction(self.calibration.output_map(anomaly, brain),
+                          self.unharmonised(healthy, brain, gain), report)
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:

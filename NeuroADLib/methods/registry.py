@@ -165,6 +165,15 @@ SDM_OPTION_SPECS = {
     "seed": OptionSpec(int, 0, 2**32 - 1),
 }
 
+# The longitudinal method adds LAFM's knobs (eq. 3.7-3.8, the report's beta and gamma; sigma in
+# years of visit time).
+LONGITUDINAL_OPTIONS = {**SDM_OPTIONS, "lafm_sigma": 2.5, "lafm_beta": 1.0, "lafm_gamma": 0.1}
+LONGITUDINAL_OPTION_SPECS = {**SDM_OPTION_SPECS, "lafm_sigma": OptionSpec(float, 0, 100),
+                             "lafm_beta": OptionSpec(float, 0, 1),
+                             "lafm_gamma": OptionSpec(float, 0, 10)}
+# Methods that read several visits of one patient (`neuroad run V1 V2 ...`).
+LONGITUDINAL_METHODS = ("longitudinal",)
+
 ZSCORE_LOADER = "NeuroADLib.methods.zscore:load_zscore"
 CADD_LOADER = "NeuroADLib.methods.cadd:load_cadd"
 DDPM_LOADER = "NeuroADLib.methods.ddpm_baselines:load_ddpm_baseline"
@@ -219,6 +228,13 @@ METHODS = {
                           "distance of a fine-tuned encoder (single-visit ablation of the "
                           "longitudinal method).", "sdm", SDM_LOADER, options=SDM_OPTIONS,
                           option_specs=SDM_OPTION_SPECS, calibration="calibration_sdm_fam"),
+    "longitudinal": MethodInfo("longitudinal", "Longitudinal (SDM + FAM + LAFM): each visit's "
+                               "SDM + FAM map fused with the patient's other visits (weighted "
+                               "by the time between them), segmented per patient by Yen's "
+                               "threshold; one visit: SDM + FAM.", "sdm", SDM_LOADER,
+                               options=LONGITUDINAL_OPTIONS,
+                               option_specs=LONGITUDINAL_OPTION_SPECS,
+                               calibration="calibration_sdm_fam"),
 }
 
 

@@ -36,6 +36,7 @@ from ..networks.conditioned_unet import (
     resnet_features,
 )
 from ..postprocessing import filtered_in_eroded_brain
+from ..postprocessing.temporal import LAFMSettings
 from ..progress import StepCallback
 from ..slices import map_slices, slice_batch_size
 from ..subject import UNKNOWN, Subject
@@ -58,6 +59,12 @@ class SDMSettings:
     median_size: int = 5  # median filter side (voxels); 1: none
     erosion: int = 3  # brain-mask erosions before scoring
     seed: int = 42  # the forward noise of the "noise" encoding
+    lafm_sigma: float = 2.5  # the longitudinal method's LAFM (eq. 3.7-3.8), years
+    lafm_beta: float = 1.0
+    lafm_gamma: float = 0.1
+
+    def lafm(self) -> LAFMSettings:
+        return LAFMSettings(self.lafm_sigma, self.lafm_beta, self.lafm_gamma)
 
     def levels(self) -> list[int]:
         """The decoding chain's levels, noise_level down to 0."""

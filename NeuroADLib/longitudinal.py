@@ -1,0 +1,212 @@
+"""Several visits of one patient through NeuroAD (the longitudinal report, sections 3.2.2-3.2.3):
+each visit on the model grid, the follow-ups rigidly aligned to the first visit, each visit's
+SDM + FAM score fused with the other visits' by LAFM, and all visits segmented together by the
+per-patient Yen rule.
+
+`run_visits` writes `visit1/`, `visit2/`, ... (each with the usual pseudo-healthy image,
+anomaly map, anomaly mask and report on that visit's own geometry) and `summary.png`, the
+visits side by side. The mask is the Yen segmentation (no labels, eq. 3.9); the report also
+gives the healthy-calibrated threshold of the map, which stays available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, OptionError
+from .guards import check_run
+from .methods.registry import LONGITUDINAL_METHODS
+from .outputs import atomic_output_folder, check_writable
+from .pipeline import (
+    MethodOutput,
+    PreparedScan,
+    _threshold_report,
+    check_covariates,
+    load_methods,
+    predict_on_device,
+    prepare_scan,
+    write_method_outputs,
+)
+from .postprocessing import erode_brain_mask
+from .postprocessing.temporal import YenSegmentation, lafm, yen_segmentation
+from .preprocessing.visits import from_first, into_first, rigid_to_first
+from .progress import Progress
+from .subject import Subject
+
+YEN_RULE = ("Yen's threshold of the patient's min-max normalised scores over all visits, "
+            "intersected with Yen's threshold of the pixel distance inside that mask (the "
+            "longitudinal report, eq. 3.9); no labels")
+
+
+@dataclass
+class FusedVisits:
+    """A patient's visits read together, each on its own grid: the fused, post-processed
+    score maps, the post-processed pixel distances, the per-patient Yen segmentation, and
+    whether LAFM ran (it needs two visits)."""
+
+    anomaly: list[np.ndarray]
+    pixel: list[np.ndarray]
+    segmentation: YenSegmentation
+    lafm_applied: bool
+
+
+def fuse_visits(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
+                brains: Sequence[np.ndarray], times: Sequence[float], model,
+                grids: Sequence[sitk.Image] = (),
+                transforms: Sequence[sitk.Transform | None] = ()) -> FusedVisits:
+    """Each visit's unfiltered score map fused with the others' in the first visit's frame
+    (LAFM, eq. 3.7-3.8), moved back to its own grid, post-processed as the single-visit map
+    (`model.postprocess`: median filter, eroded brain), then all visits segmented together
+    (eq. 3.9). `transforms[k]` takes the first visit's grid points to visit k's (None for the
+    first); with one visit nothing is moved or fused."""
+    settings = model.settings
+    if len(scores) > 1:
+        in_first = [s if k == 0 else into_first(s, grids[k], transforms[k])
+                    for k, s in enumerate(scores)]
+        fused_first = lafm(in_first, times, brains[0], settings.lafm())
+        fused = [f if k == 0 else from_first(f, grids[k], transforms[k]) * (brains[k] > 0)
+                 for k, f in enumerate(fused_first)]
+    else:
+        fused = list(scores)
+    anomaly = [model.postprocess(f, b) for f, b in zip(fused, brains, strict=True)]
+    pixel = [model.postprocess(p, b) for p, b in zip(pixels, brains, strict=True)]
+    scored = [erode_brain_mask(np.asarray(b) > 0, settings.erosion) for b in brains]
+    return FusedVisits(anomaly, pixel, yen_segmentation(anomaly, pixel, scored),
+                       len(scores) > 1)
+
+
+def check_visits(sources: Sequence[str | os.PathLike], ages: Sequence[float], sex: str
+                 ) -> list[Subject]:
+    """One age per visit, each plausible, in scan order (not decreasing)."""
+    if not sources:
+        raise InputError("A longitudinal run needs at least one visit (a scan and its age).")
+    if len(ages) != len(sources):
+        raise InputError(f"{len(sources)} scans but {len(ages)} ages: give one age per visit, "
+                         "in the order of the scans (--age 61.0 62.5 64.1).")
+    subjects = [check_covariates(age, sex) for age in ages]
+    if any(b.age < a.age for a, b in zip(subjects, subjects[1:], strict=False)):
+        raise InputError(f"The visits' ages {list(ages)} go down: give the scans in the order "
+                         "they were acquired, each with the age at that scan.")
+    return subjects
+
+
+def align_visits(scans: Sequence[PreparedScan], seed: int = 0) -> list[sitk.Transform | None]:
+    """None for the first visit, then each follow-up's rigid transform from the first visit's
+    grid (fixed) to its own (moving)."""
+    first = scans[0]
+    return [None] + [rigid_to_first(first.case.image, first.brain, scan.case.image, seed)
+                     for scan in scans[1:]]
+
+
+def run_visits(
+    sources: Sequence[str | os.PathLike],
+    ages: Sequence[float],
+    sex: str,
+    out: str | os.PathLike,
+    method: str = "longitudinal",
+    brain_masks: Sequence[str | os.PathLike | None] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    device: str = "auto",
+    options: dict | None = None,
+    staging_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """Run a longitudinal method on a patient's visits and write `out`/visitK/ for each visit
+    and `out`/summary.png, whole or not at all; returns each visit's report."""
+    if method not in LONGITUDINAL_METHODS:
+        raise OptionError(f"{method} reads one scan at a time; the methods that read several "
+                          f"visits are: {', '.join(LONGITUDINAL_METHODS)}.")
+    subjects = check_visits(sources, ages, sex)
+    brain_masks = list(brain_masks or [None] * len(sources))
+    if len(brain_masks) != len(sources):
+        raise InputError(f"{len(sources)} scans but {len(brain_masks)} brain masks.")
+    checked = {}
+    for source, mask in zip(sources, brain_masks, strict=True):
+        checked = check_run(source, [method], mask, {method: options or {}})
+    check_writable(out)
+    progress = progress or Progress()
+    progress.total = 2 + 2 * len(sources) + 3 * len(sources)
+    progress.step("load models")
+    start = time.perf_counter()
+    bundle, loaded = load_methods([method], checked)[method]
+    load_s = time.perf_counter() - start
+
+    scans, runs = [], []
+    for number, (source, mask) in enumerate(zip(sources, brain_masks, strict=True), start=1):
+        progress.step(f"visit {number}: preprocessing")
+        scans.append(prepare_scan(source, mask, seed))
+    progress.step("aligning the visits")
+    start = time.perf_counter()
+    transforms = align_visits(scans, seed)
+    align_s = time.perf_counter() - start
+    for number, scan in enumerate(scans, start=1):
+        progress.step(f"visit {number}: {method}")
+        start = time.perf_counter()
+        harmonised, gain, harmonisation = loaded.harmonise(scan.grid_image, scan.brain)
+        scores, used = predict_on_device(
+            loaded, scan.grid_image, scan.brain, subjects[number - 1], progress,
+            device, lambda m, image=harmonised, brain=scan.brain: m.model.scores(
+                image, brain, progress.substep))
+        runs.append((scores, gain, harmonisation, used, time.perf_counter() - start))
+
+    model = loaded.model
+    times = [s.age for s in subjects]
+    fused = fuse_visits([r[0].fam for r in runs], [r[0].pixel for r in runs],
+                        [scan.brain for scan in scans], times, model,
+                        [scan.case.image for scan in scans], transforms)
+    threshold = loaded.calibration.output_threshold
+    reports, maps = [], []
+    with atomic_output_folder(out, staging_dir) as staging:
+        for k, (scan, (scores, gain, harmonisation, used, method_s)) in enumerate(
+                zip(scans, runs, strict=True)):
+            folder = staging / f"visit{k + 1}"
+            folder.mkdir()
+            output = MethodOutput(
+                fused.anomaly[k], loaded.unharmonised(scores.healthy, scan.brain, gain),
+                fused.segmentation.masks[k],
+                {"rule": YEN_RULE, "score_threshold": fused.segmentation.score_threshold,
+                 "pixel_threshold": fused.segmentation.pixel_threshold,
+                 "calibrated": _threshold_report(loaded, threshold, checked[method])},
+                harmonisation, used,
+                {"longitudinal": {
+                    "visit": k + 1, "visits": len(scans), "ages": times,
+                    "lafm": ({"applied": True, **asdict(model.settings.lafm())}
+                             if fused.lafm_applied else
+                             {"applied": False, "why": "one visit: nothing to fuse with"}),
+                    "aligned_to_visit1": (None if transforms[k] is None
+                                          else list(transforms[k].GetParameters())),
+                    "calibrated_mask_voxels": int(
+                        (fused.anomaly[k] > threshold).sum())}})
+            timings = {"load_models": load_s, "preprocess": scan.preprocess_s,
+                       "align_visits": align_s, "method": method_s}
+            report, _ = write_method_outputs(
+                loaded, bundle, scan.case, scan.native, scan.brain, subjects[k], folder,
+                timings, scan.input_info, progress, device, checked[method], output)
+            reports.append(report)
+            maps.append(folder / "summary.png")
+        _side_by_side(maps, staging / "summary.png")
+        (staging / "visits.json").write_text(json.dumps(
+            {"method": method, "visits": [str(s) for s in sources], "ages": times,
+             "flagged_ml": [r["lesions"]["volume_ml"] for r in reports]}, indent=2))
+    return reports
+
+
+def _side_by_side(pictures: Sequence[Path], path: Path) -> None:
+    """The visits' summary pictures in one row, in visit order."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in pictures]
+    row = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)))
+    x = 0
+    for image in images:
+        row.paste(image, (x, 0))
+        x += image.width
+    row.save(path)

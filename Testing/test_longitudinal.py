@@ -1,0 +1,233 @@
+"""The longitudinal method: LAFM (eq. 3.7-3.8) against its closed form, the per-patient Yen
+segmentation (eq. 3.9) against scikit-image, visit alignment against a known rigid motion,
+SDM's DDIM inversion, and `neuroad run V1 V2 --method longitudinal` end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import IXI_SCAN, _quiet, ellipsoid_brain, fabricated_cohort, healthy_volume, require
+from skimage.filters import threshold_yen
+
+from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_USAGE
+from NeuroADLib.methods.registry import LONGITUDINAL_OPTIONS, validate_options
+from NeuroADLib.postprocessing.temporal import (
+    LAFMSettings,
+    lafm,
+    min_max,
+    visit_weights,
+    yen_segmentation,
+)
+
+SHAPE = (12, 16, 16)
+
+
+def _maps(seed: int, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random(SHAPE).astype(np.float32) for _ in range(count)]
+
+
+def test_visit_weights_are_gaussian_in_visit_time():
+    weights = visit_weights([60.0, 61.0, 63.0], target=0, sigma=2.0)
+    assert np.allclose(weights, [np.exp(-1 / 8), np.exp(-9 / 8)])
+    assert np.array_equal(visit_weights([60.0, 61.0, 63.0], 1, sigma=0.0), [1.0, 1.0])
+
+
+def test_lafm_matches_its_closed_form():
+    brain = ellipsoid_brain(SHAPE)
+    s = _maps(0, 3)
+    times = [50.0, 51.0, 53.5]
+    settings = LAFMSettings(sigma=1.5, beta=0.7, gamma=0.2)
+    fused = lafm(s, times, brain, settings)
+    for target in range(3):
+        others = [k for k in range(3) if k != target]
+        w = np.array([np.exp(-(times[k] - times[target]) ** 2 / (2 * 1.5**2)) for k in others])
+        reference = sum(wk * s[k] for wk, k in zip(w, others, strict=True)) / w.sum()
+        values = reference[brain]
+        norm = np.where(brain, (reference - values.min()) / (values.max() - values.min()), 0)
+        expected = (s[target] * (1 - 0.7 * (1 - norm)) + 0.2 * reference) * brain
+        assert np.allclose(fused[target], expected, atol=1e-6)
+
+
+def test_lafm_damps_what_one_visit_alone_shows_and_keeps_what_persists():
+    brain = np.ones(SHAPE, bool)
+    base = [np.full(SHAPE, 0.1, np.float32) for _ in range(3)]
+    for s in base:
+        s[4:7, 4:7, 4:7] = 1.0  # a lesion every visit shows
+    base[1][8:10, 10:12, 10:12] = 1.0  # a spot only visit 2 shows
+    fused = lafm(base, [60.0, 61.0, 62.0], brain)
+    assert fused[1][5, 5, 5] > 0.9 * base[1][5, 5, 5]
+    assert fused[1][9, 11, 11] < 0.2 * base[1][9, 11, 11]
+
+
+def test_one_visit_is_not_fused():
+    s = _maps(1, 1)
+    assert np.array_equal(lafm(s, [40.0], np.ones(SHAPE, bool))[0], s[0])
+    with pytest.raises(ValueError, match="visit times"):
+        lafm(s, [40.0, 41.0], np.ones(SHAPE, bool))
+
+
+def test_min_max_is_zero_for_a_constant_map():
+    assert not min_max(np.full(SHAPE, 3.0), np.ones(SHAPE, bool)).any()
+
+
+def test_yen_segmentation_follows_eq_3_9():
+    brains = [ellipsoid_brain(SHAPE)] * 2
+    scores, pixels = _maps(2, 2), _maps(3, 2)
+    for s in scores:
+        s[5:8, 6:10, 6:10] += 2.0
+    result = yen_segmentation(scores, pixels, brains)
+    pooled = np.concatenate([s[b] for s, b in zip(scores, brains, strict=True)])
+    normalised = [(s - pooled.min()) / (pooled.max() - pooled.min()) for s in scores]
+    expected_score = threshold_yen(np.concatenate([n[b] for n, b in zip(normalised, brains,
+                                                                        strict=True)]))
+    assert result.score_threshold == pytest.approx(expected_score)
+    m = [(n >= expected_score) & b for n, b in zip(normalised, brains, strict=True)]
+    expected_pixel = threshold_yen(np.concatenate([p[k] for p, k in zip(pixels, m,
+                                                                        strict=True)]))
+    assert result.pixel_threshold == pytest.approx(expected_pixel)
+    for mask, flagged, p in zip(result.masks, m, pixels, strict=True):
+        assert np.array_equal(mask, flagged & (p >= expected_pixel))
+    assert result.masks[0][6, 8, 8] or result.masks[1][6, 8, 8]
+
+
+def test_follow_ups_are_aligned_to_the_first_visit():
+    from NeuroADLib.preprocessing.visits import from_first, into_first, rigid_to_first
+
+    shape = (40, 48, 40)
+    array = healthy_volume(shape, 0)
+    first = sitk.GetImageFromArray(array)
+    first.SetSpacing((2.0, 2.0, 2.0))
+    centre = first.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in
+                                                            first.GetSize()])
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(centre)
+    motion.SetRotation(0.04, -0.03, 0.05)
+    motion.SetTranslation((2.0, -1.5, 1.0))
+    follow_up = sitk.Resample(first, first, motion, sitk.sitkLinear, 0.0)
+    found = rigid_to_first(first, ellipsoid_brain(shape), follow_up)
+    # follow_up(p) = first(motion(p)), so the follow-up's point of the first's p is motion^-1(p)
+    for point in ([10.0, 20.0, 30.0], [60.0, 50.0, 40.0], [30.0, 70.0, 20.0]):
+        there = motion.TransformPoint(found.TransformPoint(point))
+        assert np.allclose(there, point, atol=0.3)
+    brain = ellipsoid_brain(shape) & (np.indices(shape)[0] > 8) & (np.indices(shape)[0] < 32)
+    moved_back = into_first(sitk.GetArrayFromImage(follow_up), follow_up, found)
+    before = np.abs(sitk.GetArrayFromImage(follow_up) - array)[brain].mean()
+    assert np.abs(moved_back - array)[brain].mean() < 0.5 * before
+    there_and_back = from_first(into_first(array, first, found), first, found)
+    assert np.abs(there_and_back - array)[brain].mean() < 0.5 * before
+
+
+def test_sdm_inversion_then_decoding_returns_the_slice_with_an_exact_model():
+    """With a network that predicts the true noise of x_t (an oracle for one clean slice),
+    DDIM inversion to t and decoding back are exact: the pseudo-healthy slice is the slice."""
+    torch = pytest.importorskip("torch")
+    from NeuroADLib.diffusion.process import DiffusionProcess
+    from NeuroADLib.methods.image_ddpm import SliceNoise, to_network
+    from NeuroADLib.methods.sdm import SDMModel, SDMSettings, sdm_diffusion
+
+    process = DiffusionProcess(sdm_diffusion())
+    x0 = torch.rand(2, 1, 8, 8)
+
+    class Oracle(torch.nn.Module):
+        config = None
+
+        def unet(self, z, t, code):  # eps = (z - sqrt(abar) x) / sqrt(1 - abar)
+            abar = process.alpha_bar(t, z)
+            return (z - abar.sqrt() * to_network(x0)) / (1 - abar).sqrt()
+
+    model = SDMModel(Oracle(), process, SDMSettings(noise_level=250, steps=5))
+    model.network.encoder = lambda x: x
+    x_hat = model.reconstruct(x0, np.arange(2), SliceNoise(0))
+    assert torch.allclose(x_hat, x0, atol=1e-5)
+
+
+def test_longitudinal_options_match_the_settings():
+    from NeuroADLib.methods.sdm import SDMSettings
+
+    settings = asdict(SDMSettings())
+    assert {k: settings[k] for k in LONGITUDINAL_OPTIONS} == LONGITUDINAL_OPTIONS
+    assert set(settings) - set(LONGITUDINAL_OPTIONS) == {"encoding"}
+    with pytest.raises(ValueError, match="at most one DDIM step per noise level"):
+        validate_options("sdm", {"steps": 300})
+    with pytest.raises(ValueError, match="lafm_beta"):
+        validate_options("longitudinal", {"lafm_beta": 2})
+
+
+def neuroad(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "NeuroADLib", *args], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["a.nii.gz", "b.nii.gz", "--age", "40", "41", "--method", "zscore"], EXIT_USAGE,
+     "need a longitudinal method"),
+    (["a.nii.gz", "--age", "40", "--method", "longitudinal", "--method", "zscore"],
+     EXIT_USAGE, "runs alone"),
+    (["a.nii.gz", "b.nii.gz", "--age", "40", "--method", "longitudinal"], EXIT_BAD_INPUT,
+     "one age per visit"),
+    (["a.nii.gz", "b.nii.gz", "--age", "41", "40", "--method", "longitudinal"],
+     EXIT_BAD_INPUT, "go down"),
+])
+def test_bad_visit_lists_are_refused(tmp_path, args, code, message):
+    result = neuroad("run", *args, "--sex", "F", "--out", str(tmp_path / "out"))
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
+    """Two visits (a real scan and the same head moved and re-scanned) through a tiny SDM
+    bundle trained on the product grid: visit folders, LAFM applied, Yen masks, geometry."""
+    pytest.importorskip("torch")
+    from NeuroADLib.grid import GridSpec
+    from NeuroADLib.methods.sdm import SDMSettings
+    from NeuroADLib.training.sdm import FAMTraining, SDMTraining, train_sdm
+    from NeuroADLib.volumes import read_volume, same_geometry
+
+    scan = require(IXI_SCAN)
+    cohort = fabricated_cohort(tmp_path / "cohort", GridSpec().shape[::-1], 8)
+    training = SDMTraining(config="tiny", steps=1, batch_size=2,
+                           fam=FAMTraining(pairs=4, steps=1, batch_size=2),
+                           inference=SDMSettings(steps=1, median_size=3, erosion=1),
+                           acquisition_copies=0, checkpoint_every=1, log_every=1)
+    train_sdm(cohort, tmp_path / "store" / "sdm", training, log=_quiet)
+    native = read_volume(scan)
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(native.TransformContinuousIndexToPhysicalPoint(
+        [(n - 1) / 2 for n in native.GetSize()]))
+    motion.SetRotation(0.03, 0.0, -0.02)
+    motion.SetTranslation((3.0, -2.0, 1.0))
+    second = tmp_path / "visit2.nii.gz"
+    sitk.WriteImage(sitk.Resample(native, native, motion, sitk.sitkLinear, 0.0), str(second))
+    before = scan.read_bytes()
+
+    out = tmp_path / "out"
+    result = neuroad("run", str(scan), str(second), "--age", "38.8", "40.1", "--sex", "M",
+                     "--method", "longitudinal", "--out", str(out), "--threads", "2",
+                     env={"NEUROAD_MODELS": str(tmp_path / "store")})
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == {"visit1", "visit2", "summary.png", "visits.json"}
+    assert scan.read_bytes() == before
+    for number, source in ((1, scan), (2, second)):
+        folder = out / f"visit{number}"
+        report = json.loads((folder / "report.json").read_text())
+        assert report["longitudinal"]["lafm"]["applied"] is True
+        assert report["longitudinal"]["visit"] == number
+        assert report["threshold"]["rule"].startswith("Yen")
+        assert "calibrated" in report["threshold"]
+        for name in ("anomaly_map.nii.gz", "anomaly_mask.nii.gz", "pseudo_healthy.nii.gz"):
+            assert same_geometry(sitk.ReadImage(str(folder / name)), read_volume(source),
+                                 tolerance=1e-4)
+    rotation = json.loads((out / "visit2" / "report.json").read_text())["longitudinal"][
+        "aligned_to_visit1"]
+    assert max(abs(v) for v in rotation[3:]) > 0.5  # the follow-up's motion was found
