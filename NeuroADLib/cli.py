@@ -321,6 +321,7 @@ def _make_benchmarks(args: argparse.Namespace) -> int:
         build_synthetic_set,
         export_lesion_library,
     )
+    from .evaluation.longitudinal import build_longitudinal_set
 
     out = Path(args.out)
     _threads(args.threads)
@@ -329,7 +330,11 @@ def _make_benchmarks(args: argparse.Namespace) -> int:
     synthetic = build_synthetic_set(args.cohort, out / "synthetic", args.versions, library,
                                     args.seed)
     clinical = build_clinical_set(args.cohort, out / "clinical", args.acquisitions)
-    print(f"wrote {real}, {synthetic} and {clinical} (lesion library: {library})")
+    longitudinal = build_longitudinal_set(args.cohort, out / "longitudinal",
+                                          library_folder=library,
+                                          subjects=args.longitudinal_subjects)
+    print(f"wrote {real}, {synthetic}, {clinical} and {longitudinal} (lesion library: "
+          f"{library})")
     return 0
 
 
@@ -632,15 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("make-benchmarks", "Build the benchmark sets: the real lesion cases on the "
                                    "grid, a lesion library, synthetic lesions on the cohort's "
-                                   "validation subjects, and healthy under clinical "
-                                   "acquisition (validation scans degraded by the acquisition "
-                                   "augmentation, and the clinical demo scan).")
+                                   "validation subjects, healthy under clinical acquisition "
+                                   "(validation scans degraded by the acquisition "
+                                   "augmentation, and the clinical demo scan), and the "
+                                   "longitudinal set (healthy and growing-lesion sequences of "
+                                   "three re-acquired visits per validation subject).")
     p.add_argument("--cohort", required=True)
     p.add_argument("--lesions", required=True, help="folder of the real lesion cases")
     p.add_argument("--out", required=True)
     p.add_argument("--versions", type=COUNT, default=3, help="lesioned copies per subject")
     p.add_argument("--acquisitions", type=COUNT, default=2,
                    help="clinical-acquisition copies per validation subject")
+    p.add_argument("--longitudinal-subjects", type=COUNT,
+                   help="validation subjects in the longitudinal set (default: all)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_make_benchmarks)

@@ -61,14 +61,17 @@ class FusedVisits:
 def fuse_visits(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
                 brains: Sequence[np.ndarray], times: Sequence[float], model,
                 grids: Sequence[sitk.Image] = (),
-                transforms: Sequence[sitk.Transform | None] = ()) -> FusedVisits:
+                transforms: Sequence[sitk.Transform | None] = (), fuse: bool = True
+                ) -> FusedVisits:
     """Each visit's unfiltered score map fused with the others' in the first visit's frame
     (LAFM, eq. 3.7-3.8), moved back to its own grid, post-processed as the single-visit map
     (`model.postprocess`: median filter, eroded brain), then all visits segmented together
     (eq. 3.9). `transforms[k]` takes the first visit's grid points to visit k's (None for the
-    first); with one visit nothing is moved or fused."""
+    first); with one visit (or `fuse` False: the single-visit ablation, segmented per patient
+    all the same) nothing is moved or fused."""
     settings = model.settings
-    if len(scores) > 1:
+    fuse = fuse and len(scores) > 1
+    if fuse:
         in_first = [s if k == 0 else into_first(s, grids[k], transforms[k])
                     for k, s in enumerate(scores)]
         fused_first = lafm(in_first, times, brains[0], settings.lafm())
@@ -79,8 +82,7 @@ def fuse_visits(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
     anomaly = [model.postprocess(f, b) for f, b in zip(fused, brains, strict=True)]
     pixel = [model.postprocess(p, b) for p, b in zip(pixels, brains, strict=True)]
     scored = [erode_brain_mask(np.asarray(b) > 0, settings.erosion) for b in brains]
-    return FusedVisits(anomaly, pixel, yen_segmentation(anomaly, pixel, scored),
-                       len(scores) > 1)
+    return FusedVisits(anomaly, pixel, yen_segmentation(anomaly, pixel, scored), fuse)
 
 
 def check_visits(sources: Sequence[str | os.PathLike], ages: Sequence[float], sex: str

@@ -231,3 +231,60 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     rotation = json.loads((out / "visit2" / "report.json").read_text())["longitudinal"][
         "aligned_to_visit1"]
     assert max(abs(v) for v in rotation[3:]) > 0.5  # the follow-up's motion was found
+
+
+def test_growing_lesions_grow_and_change_only_their_voxels():
+    from NeuroADLib.evaluation.longitudinal import ProgressionConfig, growing_lesions
+    from NeuroADLib.synthesis import SynthesisConfig
+
+    shape = (32, 32, 32)
+    image, brain = healthy_volume(shape, 0), ellipsoid_brain(shape)
+    config = ProgressionConfig(growth=(0.4, 0.7, 1.0), lesions=(2, 2),
+                               synthesis=SynthesisConfig(perlin_radius_voxels=(4.0, 5.0),
+                                                         margin_voxels=2))
+    visits = growing_lesions(image, brain, seed=3, config=config)
+    sizes = [int(mask.sum()) for _, mask in visits]
+    assert sizes[0] >= config.synthesis.min_lesion_voxels
+    assert sizes[0] <= sizes[1] <= sizes[2] and sizes[0] < sizes[2]
+    assert all((visits[k][1] <= visits[k + 1][1]).all() for k in range(2))  # nested
+    for lesioned, mask in visits:
+        assert np.array_equal(lesioned[~mask], image[~mask])
+        assert lesioned[mask].mean() < image[mask].mean()  # hypo-intense on T1
+    again = growing_lesions(image, brain, seed=3, config=config)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(visits, again, strict=True))
+
+
+def test_longitudinal_benchmark_builds_and_evaluates(tmp_path):
+    pytest.importorskip("torch")
+    from conftest import tiny_sdm_bundle
+
+    from NeuroADLib.evaluation.longitudinal import (
+        VARIANTS,
+        ProgressionConfig,
+        build_longitudinal_set,
+        read_sequences,
+    )
+    from NeuroADLib.evaluation.longitudinal import evaluate_visits as evaluate
+    from NeuroADLib.synthesis import SynthesisConfig
+    from NeuroADLib.training.zscore import train_zscore
+
+    cohort, sdm = tiny_sdm_bundle(tmp_path)
+    zscore = train_zscore(cohort, tmp_path / "zscore")
+    config = ProgressionConfig(growth=(0.5, 1.0), synthesis=SynthesisConfig(
+        perlin_radius_voxels=(3.0, 4.0), margin_voxels=2, min_lesion_voxels=5))
+    manifest = build_longitudinal_set(cohort, tmp_path / "visits", config)
+    sequences = read_sequences(manifest)
+    assert len(sequences) == 4  # two validation subjects, a healthy and a lesioned sequence
+    for visits in sequences.values():
+        assert [int(v["visit"]) for v in visits] == [1, 2]
+        assert float(visits[1]["age"]) == float(visits[0]["age"]) + 1
+        first, second = (sitk.GetArrayFromImage(sitk.ReadImage(v["image"])) for v in visits)
+        assert not np.array_equal(first, second)  # each visit is its own acquisition
+    summary = evaluate(sdm, zscore, manifest, tmp_path / "evaluation", log=_quiet)
+    assert set(summary) == set(VARIANTS)
+    for variant in VARIANTS:
+        for visit in ("1", "2"):
+            figures = summary[variant][visit]
+            assert 0.0 <= figures["ap"] <= 1.0
+            assert 0.0 <= figures["healthy_yen_fpr"] <= 1.0
+    assert (tmp_path / "evaluation" / "visits_metrics.csv").is_file()
