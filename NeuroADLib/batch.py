@@ -3,7 +3,10 @@ others, resumable, with one summary table; on this machine one case after anothe
 cluster (see `cluster`), or one shard of the table (`--shard I/N`, joined by `merge_shards`).
 
 The case table is a CSV with columns `path, age, sex` and optionally `brain_mask` and `case`
-(an output name, unique; by default the file name without its extension). A table that cannot
+(an output name, unique; by default the file name without its extension). For a longitudinal
+method, a `subject` column groups rows into one patient's visits (in table order, which must
+be scan order): each patient runs as one unit into `out/<subject>/visitK/`, and the summary
+has a row per visit. A table that cannot
 be used at all is refused before any case runs; a case with its own problem (a missing age, an
 unreadable scan) fails alone.
 
@@ -75,13 +78,18 @@ def read_case_table(path: str | os.PathLike) -> list[dict]:
         raise CaseTableError(f"{path} has no cases, only its header line: add one line per "
                              "case.")
     for row in rows:
-        for key in (*COLUMNS, "brain_mask", "case"):
+        for key in (*COLUMNS, "brain_mask", "case", "subject"):
             row[key] = (row.get(key) or "").strip()
     _name_cases(path, rows)
     for row in rows:
         if row["path"] and not Path(row["path"]).is_absolute():
             row["path"] = str(path.parent / row["path"])
     return rows
+
+
+def _plain_name(name: str) -> bool:
+    """Whether `name` can name an output folder: no / \\ :, not . or .., no leading dot."""
+    return not (name in (".", "..") or any(c in name for c in "/\\:") or name.startswith("."))
 
 
 def _name_cases(table: Path, rows: list[dict]) -> None:
@@ -92,7 +100,7 @@ def _name_cases(table: Path, rows: list[dict]) -> None:
         name = row["case"]
         if not name:
             continue
-        if name in (".", "..") or any(c in name for c in "/\\:") or name.startswith("."):
+        if not _plain_name(name):
             raise CaseTableError(f"{table} line {row['line']}: case name {name!r} is not a "
                                  "plain folder name (no / \\ : and no leading dot).")
         if name in given:
@@ -184,6 +192,46 @@ def run_case(row: dict, methods: list[str], out: Path, loaded: dict, device: str
     except Exception as error:  # noqa: BLE001 - one case's failure never stops the others
         return failed_entry(row, error)
     return case_entry(row, reports)
+
+
+def patients(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows grouped into patients by their `subject` (a row without one is a patient of its
+    own, named by its case), in table order; each patient's name names its output folder."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        name = row["subject"] or row["case"]
+        if not _plain_name(name):
+            raise CaseTableError(f"Line {row['line']}: subject {name!r} is not a plain folder "
+                                 "name (no / \\ : and no leading dot).")
+        groups.setdefault(name, []).append(row)
+    return list(groups.items())
+
+
+def done_visits(folder: Path, method: str, count: int) -> list[dict] | None:
+    """The visit reports of a patient already run, or None."""
+    reports = [done_reports(folder / f"visit{k}", [method]) for k in range(1, count + 1)]
+    return None if any(r is None for r in reports) else [r[method] for r in reports]
+
+
+def run_patient(name: str, rows: list[dict], method: str, out: Path, loaded: dict,
+                device: str = "auto", options: dict | None = None) -> list[dict]:
+    """One patient's visits through a longitudinal method into `out/<name>/`; a summary row
+    per visit, whatever happens (all failed together: the visits are read together)."""
+    from .longitudinal import run_visits
+
+    try:
+        sexes = {row["sex"].upper() for row in rows}
+        if len(sexes) > 1:
+            raise InputError(f"Patient {name}'s visits give different sexes {sorted(sexes)}.")
+        reports = run_visits([case_path(row) for row in rows], [case_age(row) for row in rows],
+                             sexes.pop(), out / name, method,
+                             [row["brain_mask"] or None for row in rows], device=device,
+                             options=(options or {}).get(method),
+                             staging_dir=out / STAGING, loaded_methods=loaded)
+    except Exception as error:  # noqa: BLE001 - one patient's failure never stops the others
+        return [failed_entry(row, error) for row in rows]
+    return [case_entry(row, {method: report}) for row, report in zip(rows, reports,
+                                                                      strict=True)]
 
 
 # --- the batch ------------------------------------------------------------------------------
@@ -305,14 +353,27 @@ def run_batch(table: str | os.PathLike, methods: list[str], out: str | os.PathLi
     `options` as for `pipeline.run`; `threads` per case (cluster workers: the cores over the
     workers). The table and options are checked before any case runs; a case that fails, for
     whatever reason, is recorded and the others go on."""
+    from .methods.registry import LONGITUDINAL_METHODS
+
     options = check_options(options)
     rows = read_case_table(table)
+    longitudinal = [m for m in methods if m in LONGITUDINAL_METHODS]
+    if longitudinal and (len(methods) > 1 or cluster is not None):
+        raise UsageError(f"{longitudinal[0]} reads each patient's visits together: run it "
+                         "alone (one --method), on this machine (no --cluster).")
     summary_name = SUMMARY
     if shard is not None:
         index, count = parse_shard(shard)
-        rows = rows[index::count]
+        if longitudinal:  # a patient's visits stay in one shard
+            rows = [row for _, group in patients(rows)[index::count] for row in group]
+        else:
+            rows = rows[index::count]
         summary_name = shard_summary_name((index, count))
     out = check_writable(out)
+    if longitudinal:
+        progress = BatchProgress(len(rows), on_event, show_progress)
+        return _run_patients(rows, longitudinal[0], out, summary_name, progress, device,
+                             options)
     if cluster is None:
         progress = BatchProgress(len(rows), on_event, show_progress)
         return _run_cases(rows, methods, out, summary_name, progress, device, options)
@@ -368,6 +429,34 @@ def _run_cases(rows: list[dict], methods: list[str], out: Path, summary_name: st
     staging = out / STAGING
     for row in to_run:
         remove_stale_staging(out / row["case"], staging, any_host=connection is not None)
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
+    return summary.path
+
+
+def _run_patients(rows: list[dict], method: str, out: Path, summary_name: str,
+                  progress: BatchProgress, device: str, options: dict) -> Path:
+    """The patients not done yet, one after another; returns the summary (a row per visit)."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(out / summary_name, {row["case"]: i for i, row in enumerate(rows)})
+    loaded: dict = {}
+    try:
+        for name, group in patients(rows):
+            reports = done_visits(out / name, method, len(group))
+            if reports is not None:
+                entries = [case_entry(row, {method: r}, "done before")
+                           for row, r in zip(group, reports, strict=True)]
+            else:
+                progress.running = 1
+                entries = run_patient(name, group, method, out, loaded, device, options)
+                progress.running = 0
+            for entry in entries:
+                summary.add(entry)
+                progress.finished(entry, ran_here=reports is None)
+    finally:
+        summary.write(final=True)
+        progress.close()
+    staging = out / STAGING
     if staging.is_dir() and not any(staging.iterdir()):
         staging.rmdir()
     return summary.path

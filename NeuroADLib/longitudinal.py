@@ -120,9 +120,11 @@ def run_visits(
     device: str = "auto",
     options: dict | None = None,
     staging_dir: str | os.PathLike | None = None,
+    loaded_methods: dict | None = None,
 ) -> list[dict]:
     """Run a longitudinal method on a patient's visits and write `out`/visitK/ for each visit
-    and `out`/summary.png, whole or not at all; returns each visit's report."""
+    and `out`/summary.png, whole or not at all; returns each visit's report.
+    `loaded_methods` (see `pipeline.load_methods`) lets a persistent worker reuse the model."""
     if method not in LONGITUDINAL_METHODS:
         raise OptionError(f"{method} reads one scan at a time; the methods that read several "
                           f"visits are: {', '.join(LONGITUDINAL_METHODS)}.")
@@ -138,7 +140,7 @@ def run_visits(
     progress.total = 2 + 2 * len(sources) + 3 * len(sources)
     progress.step("load models")
     start = time.perf_counter()
-    bundle, loaded = load_methods([method], checked)[method]
+    bundle, loaded = load_methods([method], checked, loaded_methods)[method]
     load_s = time.perf_counter() - start
 
     scans, runs = [], []

@@ -7,6 +7,13 @@ object:
      "brain_mask": null, "seed": 0, "device": "auto", "options": {"cadd": {"t_int": 1000}},
      "stop_file": null, "id": "caller tag"}
 
+A longitudinal method takes a patient's visits, in scan order, in place of input and age:
+
+    {"visits": [{"input": "v1.nii.gz", "age": 61.0}, {"input": "v2.nii.gz", "age": 62.5,
+     "brain_mask": null}], "sex": "F", "methods": ["longitudinal"], "out": "results"}
+
+and its result's reports are keyed visit1, visit2, ... (the outputs in out/visitK/).
+
 Events go to stdout, one JSON object per line: {"event": "stage", "stage"}, {"event":
 "progress", "stage", "step", "total", "eta_s", "peak_memory_mb"}, {"event": "log",
 "message"}, {"event": "result", "outputs", "reports"} or {"event": "error", "code", "type",
@@ -26,7 +33,7 @@ import traceback
 from pathlib import Path
 
 from .errors import EXIT_INTERNAL, EXIT_OUT_OF_MEMORY, NeuroADError, UsageError
-from .methods.registry import METHODS
+from .methods.registry import LONGITUDINAL_METHODS, METHODS
 from .progress import Progress
 
 
@@ -71,9 +78,13 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
     try:
         check_request(request)
         progress = Progress(emit=_Events(request_id), is_cancelled=is_cancelled)
-        reports = run(request["input"], request["age"], request["sex"], request["methods"],
-                      request["out"], request.get("brain_mask"), request.get("seed", 0),
-                      progress, loaded, request.get("device", "auto"), request.get("options"))
+        if "visits" in request:
+            reports = _run_visits(request, progress, loaded)
+        else:
+            reports = run(request["input"], request["age"], request["sex"],
+                          request["methods"], request["out"], request.get("brain_mask"),
+                          request.get("seed", 0), progress, loaded,
+                          request.get("device", "auto"), request.get("options"))
         out = Path(request["out"])
         emit({"event": "result", "id": request_id, "peak_memory_mb": _peak_memory_mb(),
               "outputs": sorted(str(p) for p in out.rglob("*") if p.is_file()),
@@ -89,24 +100,49 @@ def handle(request: dict, cancel: threading.Event, loaded: dict | None = None) -
         return _error(request_id, EXIT_INTERNAL, type(error).__name__, str(error))
 
 
+def _run_visits(request: dict, progress: Progress, loaded: dict | None) -> dict:
+    from .longitudinal import run_visits
+
+    method = request["methods"][0]
+    visits = request["visits"]
+    reports = run_visits([v["input"] for v in visits], [v["age"] for v in visits],
+                         request["sex"], request["out"], method,
+                         [v.get("brain_mask") for v in visits], request.get("seed", 0),
+                         progress, request.get("device", "auto"),
+                         (request.get("options") or {}).get(method), loaded_methods=loaded)
+    return {f"visit{k}": report for k, report in enumerate(reports, start=1)}
+
+
+def _check_path(where: str, key: str, value, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{where} {key!r} must be a path{' or null' if optional else ''}, "
+                         f"not {value!r}.")
+
+
+def _check_age(where: str, age) -> None:
+    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)):
+        raise UsageError(f"{where} 'age' must be a number of years, not {age!r}.")
+
+
 def check_request(request: dict) -> None:
     """Refuse a request whose fields are missing or of the wrong type (UsageError), before
     any work; what the values mean (a plausible age, a readable input) is the run's to check."""
     if "_invalid" in request:
         raise UsageError(f"The request is not a JSON object: {request['_invalid']}")
-    for key in ("input", "age", "sex", "methods", "out"):
+    scan_keys = ("visits",) if "visits" in request else ("input", "age")
+    for key in (*scan_keys, "sex", "methods", "out"):
         if key not in request:
             raise UsageError(f"The request lacks {key!r}.")
-    for key in ("input", "out"):
-        if not isinstance(request[key], str) or not request[key]:
-            raise UsageError(f"The request's {key!r} must be a path, not {request[key]!r}.")
+    _check_path("The request's", "out", request["out"])
     for key in ("brain_mask", "stop_file"):
-        if request.get(key) is not None and not isinstance(request[key], str):
-            raise UsageError(f"The request's {key!r} must be a path or null, not "
-                             f"{request[key]!r}.")
-    age = request["age"]
-    if age is not None and (isinstance(age, bool) or not isinstance(age, int | float)):
-        raise UsageError(f"The request's 'age' must be a number of years, not {age!r}.")
+        _check_path("The request's", key, request.get(key), optional=True)
+    if "visits" in request:
+        _check_visits(request)
+    else:
+        _check_path("The request's", "input", request["input"])
+        _check_age("The request's", request["age"])
     if not isinstance(request["sex"], str):
         raise UsageError(f"The request's 'sex' must be \"F\" or \"M\", not {request['sex']!r}.")
     methods = request["methods"]
@@ -122,6 +158,27 @@ def check_request(request: dict) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise UsageError(f"The request's 'seed' must be a whole number from 0 to {2**31 - 1}, "
                          f"not {seed!r}.")
+
+
+def _check_visits(request: dict) -> None:
+    visits = request["visits"]
+    if not isinstance(visits, list) or not visits or not all(isinstance(v, dict)
+                                                             for v in visits):
+        raise UsageError("The request's 'visits' must be a non-empty list of {\"input\", "
+                         f"\"age\"}} objects, in scan order, not {visits!r}.")
+    for number, visit in enumerate(visits, start=1):
+        where = f"Visit {number}'s"
+        for key in ("input", "age"):
+            if key not in visit:
+                raise UsageError(f"Visit {number} lacks {key!r}.")
+        _check_path(where, "input", visit["input"])
+        _check_path(where, "brain_mask", visit.get("brain_mask"), optional=True)
+        _check_age(where, visit["age"])
+    methods = request["methods"]
+    if (not isinstance(methods, list) or len(methods) != 1
+            or methods[0] not in LONGITUDINAL_METHODS):
+        raise UsageError(f"A request with 'visits' runs one longitudinal method "
+                         f"({', '.join(LONGITUDINAL_METHODS)}), not {methods!r}.")
 
 
 def _summary(report: dict) -> dict:

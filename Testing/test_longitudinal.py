@@ -4,6 +4,7 @@ SDM's DDIM inversion, and `neuroad run V1 V2 --method longitudinal` end to end."
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -184,6 +185,42 @@ def test_bad_visit_lists_are_refused(tmp_path, args, code, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_batch_groups_rows_into_patients_and_runs_longitudinal_alone(tmp_path):
+    from NeuroADLib.batch import patients, read_case_table, run_batch
+    from NeuroADLib.errors import CaseTableError, UsageError
+
+    table = tmp_path / "cases.csv"
+    table.write_text("path,age,sex,subject\na.nii.gz,60,F,P1\nb.nii.gz,55,M,\n"
+                     "c.nii.gz,61,F,P1\n")
+    groups = patients(read_case_table(table))
+    assert [(name, [r["case"] for r in rows]) for name, rows in groups] == [
+        ("P1", ["a", "c"]), ("b", ["b"])]
+    with pytest.raises(UsageError, match="alone"):
+        run_batch(table, ["longitudinal", "zscore"], tmp_path / "out")
+    table.write_text("path,age,sex,subject\na.nii.gz,60,F,../up\n")
+    with pytest.raises(CaseTableError, match="plain folder name"):
+        patients(read_case_table(table))
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"visits": [], "sex": "F", "methods": ["longitudinal"], "out": "o"}, "non-empty list"),
+    ({"visits": [{"input": "a"}], "sex": "F", "methods": ["longitudinal"], "out": "o"},
+     "lacks 'age'"),
+    ({"visits": [{"input": "a", "age": "x"}], "sex": "F", "methods": ["longitudinal"],
+      "out": "o"}, "number of years"),
+    ({"visits": [{"input": "a", "age": 50}], "sex": "F", "methods": ["zscore"], "out": "o"},
+     "one longitudinal method"),
+])
+def test_worker_refuses_malformed_visit_requests(request_, message):
+    from NeuroADLib.errors import UsageError
+    from NeuroADLib.worker import check_request
+
+    with pytest.raises(UsageError, match=message):
+        check_request(request_)
+    check_request({"visits": [{"input": "a", "age": 50}, {"input": "b", "age": 51.5}],
+                   "sex": "F", "methods": ["longitudinal"], "out": "o"})
+
+
 @pytest.mark.slow
 def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     """Two visits (a real scan and the same head moved and re-scanned) through a tiny SDM
@@ -231,6 +268,18 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     rotation = json.loads((out / "visit2" / "report.json").read_text())["longitudinal"][
         "aligned_to_visit1"]
     assert max(abs(v) for v in rotation[3:]) > 0.5  # the follow-up's motion was found
+
+    # The same patient from a batch table: a subject column groups the rows into visits.
+    table = tmp_path / "cases.csv"
+    table.write_text(f"path,age,sex,subject\n{scan},38.8,M,P1\n{second},40.1,M,P1\n")
+    batch = neuroad("batch", str(table), "--method", "longitudinal", "--out",
+                    str(tmp_path / "batch"), "--quiet",
+                    env={"NEUROAD_MODELS": str(tmp_path / "store")})
+    assert batch.returncode == 0, batch.stderr
+    rows = list(csv.DictReader((tmp_path / "batch" / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for number in (1, 2):
+        assert (tmp_path / "batch" / "P1" / f"visit{number}" / "report.json").is_file()
 
 
 def test_growing_lesions_grow_and_change_only_their_voxels():
