@@ -553,6 +553,7 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
 
         logic = slicer.util.getModuleLogic("NeuroAD")
         result = logic.process(volume, age=54, sex="F", method="zscore")
+        visits = logic.process([v1, v2, v3], [61.0, 62.5, 64.1], "F", "longitudinal")
         summary = logic.runBatch("cases.csv", ["zscore"], "/data/results")
         summary = logic.runBatch("cases.csv", "zscore", "/data/results", cluster="local:4")
 
@@ -604,7 +605,14 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
         """Run NeuroAD on a volume node. Blocking (the default): returns the ResultNodes of
         `method` (pseudoHealthy, anomalyMap, segmentation, report, setThreshold()), or a dict
         of them when `method` is a list; raises runs.RunError on failure, without dialogs.
-        Non-blocking: returns the started run (see startProcess)."""
+        Non-blocking: returns the started run (see startProcess).
+
+        A longitudinal method takes a patient's visits: `inputVolume` and `age` are then
+        lists (volumes in scan order, the age at each), and the blocking call returns one
+        ResultNodes per visit (results.setThresholdOfVisits steps them with one threshold)."""
+        if isinstance(inputVolume, list | tuple):
+            return self._processVisits(list(inputVolume), age, sex, method, device, options,
+                                       blocking, installDependencies)
         methods = [method] if isinstance(method, str) else list(method)
         problems = engine.requestProblems(inputVolume is not None, age, sex, methods,
                                           choices=engine.methodChoices())
@@ -618,6 +626,31 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
                             self.workerSettings)
         runs.runToCompletion(run, idle=slicer.app.processEvents, onEvent=_logEvent)
         return run.results[method] if isinstance(method, str) else run.results
+
+    def _processVisits(self, volumes: list, ages, sex: str, method: str, device: str,
+                       options: dict | None, blocking: bool, installDependencies: bool):
+        ages = list(ages) if isinstance(ages, list | tuple) else [ages]
+        problems = [problem for volume, age in zip(volumes, ages, strict=False)
+                    for problem in engine.requestProblems(volume is not None, age, sex,
+                                                          [method],
+                                                          choices=engine.methodChoices())]
+        if len(ages) != len(volumes) or not volumes:
+            problems.insert(0, f"give one age per visit ({len(volumes)} volumes, "
+                               f"{len(ages)} ages)")
+        if method not in engine.registry().LONGITUDINAL_METHODS:
+            problems.append(f"{method} reads one scan at a time; for visits choose "
+                            f"{', '.join(engine.registry().LONGITUDINAL_METHODS)}")
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
+        if installDependencies and not self.ensureDependencies():
+            raise RuntimeError("NeuroAD's dependencies are not installed.")
+        run = runs.VisitsSceneRun(volumes, ages, sex, method, device, options,
+                                  self.workerSettings)
+        if not blocking:
+            run.start()
+            return run
+        runs.runToCompletion(run, idle=slicer.app.processEvents, onEvent=_logEvent)
+        return run.visitResults
 
     def runBatch(self, cases, methods: str | list[str], outDir: str | os.PathLike,
                  device: str = "auto", options: dict | None = None, blocking: bool = True,

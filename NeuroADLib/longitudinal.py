@@ -43,7 +43,8 @@ from .subject import Subject
 
 YEN_RULE = ("Yen's threshold of the patient's min-max normalised scores over all visits, "
             "intersected with Yen's threshold of the pixel distance inside that mask (the "
-            "longitudinal report, eq. 3.9); no labels")
+            "longitudinal report, eq. 3.9); no labels. `value` is the score threshold on the "
+            "map's scale (the map above it is the mask before the pixel-distance condition)")
 
 
 @dataclass
@@ -176,7 +177,8 @@ def run_visits(
             output = MethodOutput(
                 fused.anomaly[k], loaded.unharmonised(scores.healthy, scan.brain, gain),
                 fused.segmentation.masks[k],
-                {"rule": YEN_RULE, "score_threshold": fused.segmentation.score_threshold,
+                {"value": fused.segmentation.raw_score_threshold, "map": "raw",
+                 "rule": YEN_RULE, "score_threshold": fused.segmentation.score_threshold,
                  "pixel_threshold": fused.segmentation.pixel_threshold,
                  "calibrated": _threshold_report(loaded, threshold, checked[method])},
                 harmonisation, used,

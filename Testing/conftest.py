@@ -206,3 +206,20 @@ def tiny_sdm_bundle(root: Path) -> tuple[Path, Path]:
 
     cohort = fabricated_cohort(root / "cohort", TINY_CADD_SHAPE, 8)
     return cohort, train_sdm(cohort, root / "sdm", tiny_sdm_training(), log=_quiet)
+
+
+def tiny_grid_sdm_store(root: Path) -> Path:
+    """A model store (root/store, for NEUROAD_MODELS) holding an SDM bundle of SDM's tiny
+    networks trained for one step on a fabricated cohort on the product grid, run with one
+    DDIM step each way: real runs of the longitudinal method in seconds."""
+    from NeuroADLib.grid import GridSpec
+    from NeuroADLib.methods.sdm import SDMSettings
+    from NeuroADLib.training.sdm import FAMTraining, SDMTraining, train_sdm
+
+    cohort = fabricated_cohort(root / "cohort", GridSpec().shape[::-1], 8)
+    training = SDMTraining(config="tiny", steps=1, batch_size=2,
+                           fam=FAMTraining(pairs=4, steps=1, batch_size=2),
+                           inference=SDMSettings(steps=1, median_size=3, erosion=1),
+                           acquisition_copies=0, checkpoint_every=1, log_every=1)
+    train_sdm(cohort, root / "store" / "sdm", training, log=_quiet)
+    return root / "store"

@@ -13,7 +13,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import IXI_SCAN, _quiet, ellipsoid_brain, fabricated_cohort, healthy_volume, require
+from conftest import IXI_SCAN, _quiet, ellipsoid_brain, healthy_volume, require
 from skimage.filters import threshold_yen
 
 from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_USAGE
@@ -93,6 +93,8 @@ def test_yen_segmentation_follows_eq_3_9():
     expected_pixel = threshold_yen(np.concatenate([p[k] for p, k in zip(pixels, m,
                                                                         strict=True)]))
     assert result.pixel_threshold == pytest.approx(expected_pixel)
+    assert result.raw_score_threshold == pytest.approx(
+        pooled.min() + expected_score * (pooled.max() - pooled.min()))
     for mask, flagged, p in zip(result.masks, m, pixels, strict=True):
         assert np.array_equal(mask, flagged & (p >= expected_pixel))
     assert result.masks[0][6, 8, 8] or result.masks[1][6, 8, 8]
@@ -226,18 +228,12 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     """Two visits (a real scan and the same head moved and re-scanned) through a tiny SDM
     bundle trained on the product grid: visit folders, LAFM applied, Yen masks, geometry."""
     pytest.importorskip("torch")
-    from NeuroADLib.grid import GridSpec
-    from NeuroADLib.methods.sdm import SDMSettings
-    from NeuroADLib.training.sdm import FAMTraining, SDMTraining, train_sdm
+    from conftest import tiny_grid_sdm_store
+
     from NeuroADLib.volumes import read_volume, same_geometry
 
     scan = require(IXI_SCAN)
-    cohort = fabricated_cohort(tmp_path / "cohort", GridSpec().shape[::-1], 8)
-    training = SDMTraining(config="tiny", steps=1, batch_size=2,
-                           fam=FAMTraining(pairs=4, steps=1, batch_size=2),
-                           inference=SDMSettings(steps=1, median_size=3, erosion=1),
-                           acquisition_copies=0, checkpoint_every=1, log_every=1)
-    train_sdm(cohort, tmp_path / "store" / "sdm", training, log=_quiet)
+    store = tiny_grid_sdm_store(tmp_path)
     native = read_volume(scan)
     motion = sitk.Euler3DTransform()
     motion.SetCenter(native.TransformContinuousIndexToPhysicalPoint(
@@ -251,7 +247,7 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     out = tmp_path / "out"
     result = neuroad("run", str(scan), str(second), "--age", "38.8", "40.1", "--sex", "M",
                      "--method", "longitudinal", "--out", str(out), "--threads", "2",
-                     env={"NEUROAD_MODELS": str(tmp_path / "store")})
+                     env={"NEUROAD_MODELS": str(store)})
     assert result.returncode == 0, result.stderr
     assert {p.name for p in out.iterdir()} == {"visit1", "visit2", "summary.png", "visits.json"}
     assert scan.read_bytes() == before
@@ -274,7 +270,7 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     table.write_text(f"path,age,sex,subject\n{scan},38.8,M,P1\n{second},40.1,M,P1\n")
     batch = neuroad("batch", str(table), "--method", "longitudinal", "--out",
                     str(tmp_path / "batch"), "--quiet",
-                    env={"NEUROAD_MODELS": str(tmp_path / "store")})
+                    env={"NEUROAD_MODELS": str(store)})
     assert batch.returncode == 0, batch.stderr
     rows = list(csv.DictReader((tmp_path / "batch" / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["ok", "ok"]

@@ -313,3 +313,34 @@ def test_progress_counts_sub_steps():
     assert progress.fraction == pytest.approx((11 + 0.25) / 14)
     assert progress.text() == "cadd: anomaly map (25/100): about 30 s left for this step"
     assert runs.RunProgress.fromEvent({"stage": "read", "step": 1, "total": 4}).fraction == 0
+
+
+@pytest.mark.slow
+def test_process_takes_a_patients_visits_for_a_longitudinal_method(logic, tmp_path,
+                                                                     monkeypatch):
+    """logic.process([v1, v2], [a1, a2], sex, "longitudinal"): one ResultNodes per visit,
+    each beside its own volume; one threshold steps through them (a tiny SDM model)."""
+    pytest.importorskip("torch")
+    from conftest import tiny_grid_sdm_store
+    from NeuroADSlicerLib.results import setThresholdOfVisits
+
+    monkeypatch.setenv("NEUROAD_MODELS", str(tiny_grid_sdm_store(tmp_path)))
+    scene = slicer.vtkMRMLScene()
+    first, second = load_demo(scene), load_demo(scene)
+    second.SetName("demo follow-up")
+    with pytest.raises(ValueError, match="one age per visit"):
+        logic.process([first, second], [DEMO_AGE], DEMO_SEX, "longitudinal")
+    with pytest.raises(ValueError, match="reads one scan at a time"):
+        logic.process([first, second], [DEMO_AGE, DEMO_AGE + 1], DEMO_SEX, "zscore")
+    results = logic.process([first, second], [DEMO_AGE, DEMO_AGE + 1], DEMO_SEX,
+                            "longitudinal", device="cpu")
+    assert [r.anomalyMap.GetName() for r in results] == [
+        "demo longitudinal anomaly map", "demo follow-up longitudinal anomaly map"]
+    for number, (result, volume) in enumerate(zip(results, (first, second), strict=True), 1):
+        assert result.report["longitudinal"]["visit"] == number
+        assert result.report["longitudinal"]["lafm"]["applied"] is True
+        assert np.array_equal(mrml.ijkToRas(result.anomalyMap), mrml.ijkToRas(volume))
+    low = setThresholdOfVisits(results, 0.0)
+    high = setThresholdOfVisits(results, max(r.calibratedThreshold for r in results) * 2)
+    assert all(h <= lo for h, lo in zip(high, low, strict=True))
+    del scene

@@ -70,6 +70,12 @@ class ResultNodes:
         return [self.pseudoHealthy, self.anomalyMap, self.segmentation]
 
 
+def setThresholdOfVisits(results: list[ResultNodes], threshold: float) -> list[int]:
+    """One threshold for every visit of a longitudinal run (stepping through the visits shows
+    them alike); returns each visit's voxel count."""
+    return [result.setThreshold(threshold) for result in results]
+
+
 def methodFolder(outFolder: Path, method: str, methods: list[str]) -> Path:
     """Where the engine writes a method's outputs (a sub-folder when several methods ran)."""
     return outFolder / method if len(methods) > 1 else outFolder

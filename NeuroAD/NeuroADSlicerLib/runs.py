@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 
 from .mrml import writeMaskFile, writeVolumeFile
-from .results import ResultNodes, loadConsensus, loadResults
+from .results import ResultNodes, loadConsensus, loadMethodResult, loadResults
 from .worker import WORKER_MODULE, WorkerProcess, WorkerSettings
 
 STOP_FILE = "stop"
@@ -114,6 +114,16 @@ def buildRequest(inputPath: Path, age: float | None, sex: str, methods: Sequence
     return {"input": str(inputPath), "age": None if age is None else float(age), "sex": sex,
             "methods": list(methods), "out": str(out),
             "brain_mask": str(brainMask) if brainMask else None, "device": device,
+            "options": options or {}, "id": requestId}
+
+
+def buildVisitsRequest(inputPaths: Sequence[Path], ages: Sequence[float], sex: str,
+                       method: str, out: Path, device: str = "auto",
+                       options: dict | None = None, requestId: str = "") -> dict:
+    """A worker request for a longitudinal method: a patient's visits in scan order."""
+    return {"visits": [{"input": str(path), "age": float(age)}
+                       for path, age in zip(inputPaths, ages, strict=True)],
+            "sex": sex, "methods": [method], "out": str(out), "device": device,
             "options": options or {}, "id": requestId}
 
 
@@ -305,6 +315,51 @@ class SceneRun:
         try:
             self.results = loadResults(self.inputVolume, self.folder / "out", self.methods)
             self.consensus = loadConsensus(self.inputVolume, self.folder / "out")
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            self.run.state = RunState.FAILED
+            self.run.error = RunError(f"The outputs could not be loaded: {error}", 1,
+                                      type(error).__name__)
+
+
+class VisitsSceneRun(SceneRun):
+    """A longitudinal run from a patient's visit volumes (in scan order, each with the age at
+    that scan) to one ResultNodes per visit, each beside its own volume (`visitResults`)."""
+
+    def __init__(self, volumes: Sequence, ages: Sequence[float], sex: str, method: str,
+                 device: str = "auto", options: dict | None = None,
+                 settings: WorkerSettings | None = None, tempRoot: Path | None = None):
+        if not volumes or len(volumes) != len(ages):
+            raise ValueError(f"{len(volumes)} visit volumes and {len(ages)} ages: give one "
+                             "age per visit, in scan order.")
+        super().__init__(volumes[0], ages[0], sex, [method], None, device, options, settings,
+                         tempRoot)
+        self.volumes, self.ages = list(volumes), [float(age) for age in ages]
+        self.visitResults: list[ResultNodes] = []
+
+    def start(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="NeuroAD-", dir=self._tempRoot))
+        try:
+            paths = [writeVolumeFile(volume, self.folder / f"visit{k}.nrrd")
+                     for k, volume in enumerate(self.volumes, start=1)]
+            request = buildVisitsRequest(paths, self.ages, self.sex, self.methods[0],
+                                         self.folder / "out", self.device, self.options,
+                                         self.inputVolume.GetName())
+            self.run = WorkerRun(request, self.folder, self.settings)
+            self.run.start()
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+
+    def _byNodeName(self, error: RunError) -> RunError:
+        message = str(error)
+        for k, volume in enumerate(self.volumes, start=1):
+            message = message.replace(str(self.folder / f"visit{k}.nrrd"), repr(volume.GetName()))
+        return RunError(message, error.code, error.kind, error.details)
+
+    def _load(self) -> None:
+        try:
+            self.visitResults = [loadMethodResult(volume, self.folder / "out" / f"visit{k}")
+                                 for k, volume in enumerate(self.volumes, start=1)]
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             self.run.state = RunState.FAILED
             self.run.error = RunError(f"The outputs could not be loaded: {error}", 1,

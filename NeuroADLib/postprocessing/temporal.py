@@ -78,6 +78,7 @@ class YenSegmentation:
     masks: list[np.ndarray]
     score_threshold: float  # on the per-patient min-max normalised scores
     pixel_threshold: float  # on the pixel distances
+    raw_score_threshold: float  # score_threshold on the scores' own scale
 
 
 def yen_segmentation(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
@@ -97,4 +98,5 @@ def yen_segmentation(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
     pixel_threshold = (yen_threshold(candidates) if candidates.size > 1
                        and candidates.max() > candidates.min() else float("inf"))
     masks = [m & (p >= pixel_threshold) for p, m in zip(pixels, flagged, strict=True)]
-    return YenSegmentation(masks, score_threshold, pixel_threshold)
+    return YenSegmentation(masks, score_threshold, pixel_threshold,
+                           low + score_threshold * span)
