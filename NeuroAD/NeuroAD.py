@@ -90,6 +90,8 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._results: dict[str, ResultNodes] = {}
         self._consensus = None
         self._resultsInput = None
+        self._resultInputs: dict = {}  # result name -> the volume it is of (visits differ)
+        self._visitRows: list[tuple] = []  # (volume selector, age spin box) per follow-up
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -126,6 +128,9 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deleteModelButton.clicked.connect(self.onDeleteModel)
         self.ui.openModelsFolderButton.clicked.connect(self.onOpenModelsFolder)
         self.ui.refreshModelsButton.clicked.connect(self.refreshModels)
+        self.ui.visitsTableWidget.setHorizontalHeaderLabels([_("Volume"), _("Age (years)")])
+        self.ui.addVisitButton.clicked.connect(self.onAddVisit)
+        self.ui.removeVisitButton.clicked.connect(self.onRemoveVisit)
 
         self.refreshModels()
         self.initializeParameterNode()
@@ -206,12 +211,56 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                else qt.Qt.Unchecked)
             listWidget.addItem(item)
         listWidget.blockSignals(wasBlocked)
+        self.showVisitControls()
 
     def onMethodItemChanged(self, item) -> None:
         listWidget = self.ui.methodsListWidget
         ticked = [listWidget.item(row).text() for row in range(listWidget.count)
                   if listWidget.item(row).checkState() == qt.Qt.Checked]
         self._parameterNode.methods = ",".join(ticked)
+        self.showVisitControls()
+
+    def showVisitControls(self) -> None:
+        """The follow-up visit list, shown only when a longitudinal method is selected."""
+        visible = engine.isLongitudinal(self.selectedMethods())
+        for widget in (self.ui.visitsLabel, self.ui.visitsTableWidget,
+                       self.ui.visitButtonsWidget):
+            widget.visible = visible
+
+    def onAddVisit(self) -> None:
+        """A follow-up row: its volume and the age at that scan (a year after the last)."""
+        table = self.ui.visitsTableWidget
+        row = table.rowCount
+        table.insertRow(row)
+        selector = slicer.qMRMLNodeComboBox()
+        selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+        selector.addEnabled = selector.removeEnabled = False
+        selector.noneEnabled = True
+        selector.setMRMLScene(slicer.mrmlScene)
+        age = qt.QDoubleSpinBox()
+        age.setRange(0.0, 120.0)
+        age.setDecimals(1)
+        age.value = min(120.0, self.visitAges()[-1] + 1.0)
+        selector.currentNodeChanged.connect(self.updateApplyButton)
+        age.valueChanged.connect(self.updateApplyButton)
+        table.setCellWidget(row, 0, selector)
+        table.setCellWidget(row, 1, age)
+        self._visitRows.append((selector, age))
+        self.updateApplyButton()
+
+    def onRemoveVisit(self) -> None:
+        if self._visitRows:
+            self._visitRows.pop()
+            self.ui.visitsTableWidget.removeRow(self.ui.visitsTableWidget.rowCount - 1)
+            self.updateApplyButton()
+
+    def visitVolumes(self) -> list:
+        """Every visit's volume in scan order: the input, then the follow-ups."""
+        followUps = [selector.currentNode() for selector, _age in self._visitRows]
+        return [self._parameterNode.inputVolume, *followUps]
+
+    def visitAges(self) -> list[float]:
+        return [self._parameterNode.age] + [age.value for _selector, age in self._visitRows]
 
     def updateApplyButton(self, caller=None, event=None) -> None:
         """Apply is enabled only for a complete input; its tooltip says what is missing."""
@@ -221,6 +270,9 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         problems = engine.requestProblems(
             parameters.inputVolume is not None, parameters.age, parameters.sex,
             self.selectedMethods(), parameters.options, self._choices)
+        if engine.isLongitudinal(self.selectedMethods()):
+            problems += engine.visitProblems(
+                self.visitAges(), [volume is not None for volume in self.visitVolumes()[1:]])
         self.ui.applyButton.enabled = not problems
         self.ui.applyButton.toolTip = (
             _("To run: ") + "; ".join(problems) if problems
@@ -244,10 +296,17 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.logTextEdit.clear()
             self._resultsInput = parameters.inputVolume
-            self._run = self.logic.startProcess(
-                parameters.inputVolume, parameters.age, parameters.sex, self.selectedMethods(),
-                parameters.brainMask, DEVICES[parameters.device],
-                engine.parseOptions(parameters.options))
+            if engine.isLongitudinal(self.selectedMethods()):
+                self._run = self.logic.process(
+                    self.visitVolumes(), self.visitAges(), parameters.sex,
+                    self.selectedMethods()[0], device=DEVICES[parameters.device],
+                    options=engine.parseOptions(parameters.options), blocking=False,
+                    installDependencies=False)
+            else:
+                self._run = self.logic.startProcess(
+                    parameters.inputVolume, parameters.age, parameters.sex,
+                    self.selectedMethods(), parameters.brainMask, DEVICES[parameters.device],
+                    engine.parseOptions(parameters.options))
             self.setRunning(True)
             self._runTimer.start()
 
@@ -290,7 +349,15 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRunFinished(self, run: runs.SceneRun) -> None:
         if run.state is runs.RunState.SUCCEEDED:
             self.ui.statusLabel.text = _("Done.")
-            self.showResults(run.results, run.consensus)
+            if isinstance(run, runs.VisitsSceneRun):
+                # One entry per visit: the combo box steps through them, one threshold for all.
+                names = [f"visit {k}: {volume.GetName()}"
+                         for k, volume in enumerate(run.volumes, start=1)]
+                self._resultInputs = dict(zip(names, run.volumes, strict=True))
+                self.showResults(dict(zip(names, run.visitResults, strict=True)))
+            else:
+                self._resultInputs = {}
+                self.showResults(run.results, run.consensus)
             return
         self.ui.statusLabel.text = run.error.args[0] if run.error else run.state.value
         if run.state is runs.RunState.FAILED:
@@ -324,7 +391,9 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = self.selectedResult()
         if result is None:
             return
-        self.logic.showResult(self._resultsInput, result, self.ui.opacitySlider.value,
+        volume = self._resultInputs.get(self.ui.resultMethodComboBox.currentText,
+                                        self._resultsInput)
+        self.logic.showResult(volume, result, self.ui.opacitySlider.value,
                               self.ui.pseudoHealthyCheckBox.checked)
         self.ui.show3DButton.setSegmentationNode(result.segmentation)
         self.updateResultLabels()
@@ -364,7 +433,9 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCompare(self) -> None:
         self.logic.showComparison(self._resultsInput, list(self._results.values()),
-                                  self.ui.opacitySlider.value, self._consensus)
+                                  self.ui.opacitySlider.value, self._consensus,
+                                  [self._resultInputs.get(name, self._resultsInput)
+                                   for name in self._results])
 
     # Models ------------------------------------------------------------------------------
 
@@ -694,10 +765,14 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
                 display.SetVisibility(segmentation is result.segmentation)
 
     def showComparison(self, inputVolume, results: list[ResultNodes],
-                       opacity: float = 0.6, consensus=None) -> None:
+                       opacity: float = 0.6, consensus=None, backgrounds: list | None = None
+                       ) -> None:
         """A layout with one linked slice view per method: the input under each method's map
         and segmentation, all at the threshold the results currently have; and, given the
-        run's consensus volume, a last view of it (how many methods flag each voxel)."""
+        run's consensus volume, a last view of it (how many methods flag each voxel).
+        `backgrounds`: each view's own volume (a longitudinal run's visits) instead of the
+        input."""
+        backgrounds = backgrounds or [inputVolume] * len(results)
         layoutManager = slicer.app.layoutManager()
         layoutNode = layoutManager.layoutLogic().GetLayoutNode()
         labels = [result.method for result in results] + (["consensus"] if consensus else [])
@@ -707,10 +782,11 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
         else:
             layoutNode.AddLayoutDescription(layout.COMPARE_LAYOUT_ID, description)
         layoutManager.setLayout(layout.COMPARE_LAYOUT_ID)
-        for name, result in zip(layout.compareViewNames(len(results)), results, strict=True):
+        for name, result, background in zip(layout.compareViewNames(len(results)), results,
+                                            backgrounds, strict=True):
             sliceWidget = layoutManager.sliceWidget(name)
             composite = sliceWidget.mrmlSliceCompositeNode()
-            composite.SetBackgroundVolumeID(inputVolume.GetID())
+            composite.SetBackgroundVolumeID(background.GetID())
             composite.SetForegroundVolumeID(result.anomalyMap.GetID())
             composite.SetForegroundOpacity(opacity)
             composite.SetLinkedControl(True)

@@ -133,3 +133,21 @@ def requestProblems(hasInput: bool, age: float | None, sex: str, methods: list[s
     except ValueError as error:
         problems.append(str(error))
     return problems
+
+
+def isLongitudinal(methods: list[str]) -> bool:
+    """Whether the selection is one longitudinal method (which reads a patient's visits)."""
+    return len(methods) == 1 and methods[0] in registry().LONGITUDINAL_METHODS
+
+
+def visitProblems(ages: list[float | None], followUpsChosen: list[bool]) -> list[str]:
+    """What keeps a longitudinal run from starting, beyond the first visit's own inputs:
+    `ages` of every visit (the first is the input's), whether each follow-up has its volume."""
+    problems = [f"choose the volume of visit {number}"
+                for number, chosen in enumerate(followUpsChosen, start=2) if not chosen]
+    problems += [f"enter the age of visit {number} (0-120 years)"
+                 for number, age in enumerate(ages, start=1) if age is None or not 0 <= age <= 120]
+    known = [age for age in ages if age is not None]
+    if any(later < earlier for earlier, later in zip(known, known[1:], strict=False)):
+        problems.append("give the visits in scan order (their ages must not go down)")
+    return problems
