@@ -213,43 +213,35 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
     train_mad_ad(args.cohort, args.out, training, device)
 
 
-def _train_cddpm(args: argparse.Namespace, device: str | None) -> None:
+def _slice_training(args: argparse.Namespace, training_class):
+    """A 2D trainer's settings: its named network size, with --steps and
+    --acquisition-copies where given."""
     from dataclasses import replace
 
-    from .training.cddpm import CDDPMTraining, train_cddpm
-
-    training = CDDPMTraining(config=args.config)
+    training = training_class(config=args.config)
     if args.steps:
         training = replace(training, steps=args.steps)
     if args.acquisition_copies is not None:
         training = replace(training, acquisition_copies=args.acquisition_copies)
-    train_cddpm(args.cohort, args.out, training, device)
+    return training
+
+
+def _train_cddpm(args: argparse.Namespace, device: str | None) -> None:
+    from .training.cddpm import CDDPMTraining, train_cddpm
+
+    train_cddpm(args.cohort, args.out, _slice_training(args, CDDPMTraining), device)
 
 
 def _train_ddpm(args: argparse.Namespace, device: str | None) -> None:
-    from dataclasses import replace
-
     from .training.image_ddpm import ImageDDPMTraining, train_image_ddpm
 
-    training = ImageDDPMTraining(config=args.config)
-    if args.steps:
-        training = replace(training, steps=args.steps)
-    if args.acquisition_copies is not None:
-        training = replace(training, acquisition_copies=args.acquisition_copies)
-    train_image_ddpm(args.cohort, args.out, training, device)
+    train_image_ddpm(args.cohort, args.out, _slice_training(args, ImageDDPMTraining), device)
 
 
 def _train_sdm(args: argparse.Namespace, device: str | None) -> None:
-    from dataclasses import replace
-
     from .training.sdm import SDMTraining, train_sdm
 
-    training = SDMTraining(config=args.config)
-    if args.steps:
-        training = replace(training, steps=args.steps)
-    if args.acquisition_copies is not None:
-        training = replace(training, acquisition_copies=args.acquisition_copies)
-    train_sdm(args.cohort, args.out, training, device)
+    train_sdm(args.cohort, args.out, _slice_training(args, SDMTraining), device)
 
 
 def _train_ranges(args: argparse.Namespace, device: str | None) -> None:

@@ -252,17 +252,19 @@ class SceneRun:
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="NeuroAD-", dir=self._tempRoot))
         try:
-            inputPath = writeVolumeFile(self.inputVolume, self.folder / "input.nrrd")
-            maskPath = (None if self.brainMask is None else
-                        writeMaskFile(self.brainMask, self.inputVolume, self.folder / "mask.nrrd"))
-            request = buildRequest(inputPath, self.age, self.sex, self.methods,
-                                   self.folder / "out", maskPath, self.device, self.options,
-                                   self.inputVolume.GetName())
-            self.run = WorkerRun(request, self.folder, self.settings)
+            self.run = WorkerRun(self._request(), self.folder, self.settings)
             self.run.start()
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
+
+    def _request(self) -> dict:
+        """The input (and brain mask) written into the run's folder, and the request."""
+        inputPath = writeVolumeFile(self.inputVolume, self.folder / "input.nrrd")
+        maskPath = (None if self.brainMask is None else
+                    writeMaskFile(self.brainMask, self.inputVolume, self.folder / "mask.nrrd"))
+        return buildRequest(inputPath, self.age, self.sex, self.methods, self.folder / "out",
+                            maskPath, self.device, self.options, self.inputVolume.GetName())
 
     @property
     def state(self) -> RunState:
@@ -336,19 +338,12 @@ class VisitsSceneRun(SceneRun):
         self.volumes, self.ages = list(volumes), [float(age) for age in ages]
         self.visitResults: list[ResultNodes] = []
 
-    def start(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="NeuroAD-", dir=self._tempRoot))
-        try:
-            paths = [writeVolumeFile(volume, self.folder / f"visit{k}.nrrd")
-                     for k, volume in enumerate(self.volumes, start=1)]
-            request = buildVisitsRequest(paths, self.ages, self.sex, self.methods[0],
-                                         self.folder / "out", self.device, self.options,
-                                         self.inputVolume.GetName())
-            self.run = WorkerRun(request, self.folder, self.settings)
-            self.run.start()
-        except BaseException:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise
+    def _request(self) -> dict:
+        paths = [writeVolumeFile(volume, self.folder / f"visit{k}.nrrd")
+                 for k, volume in enumerate(self.volumes, start=1)]
+        return buildVisitsRequest(paths, self.ages, self.sex, self.methods[0],
+                                  self.folder / "out", self.device, self.options,
+                                  self.inputVolume.GetName())
 
     def _byNodeName(self, error: RunError) -> RunError:
         message = str(error)

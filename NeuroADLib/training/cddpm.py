@@ -35,6 +35,7 @@ from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, EncoderConditi
 from .provenance import save_network
 from .slice_data import (
     SliceSet,
+    SliceTrainingRun,
     TrainingLog,
     calibrate_on_validation,
     prepare_slices,
@@ -44,17 +45,13 @@ from .slice_data import (
 
 
 @dataclass(frozen=True)
-class CDDPMTraining:
+class CDDPMTraining(SliceTrainingRun):
     config: str = "default"
     steps: int = 4000  # about 80 min on 2 CPU cores at the default size
     batch_size: int = 16  # 32 in the paper
     learning_rate: float = 2e-4  # Adam; the paper's 1e-5 over 1600 epochs is for a GPU
     noise: str = "simplex"  # "gaussian" as an ablation
     inference: CDDPMSettings = CDDPMSettings()  # what the bundle is calibrated and run with
-    acquisition_copies: int = 1
-    checkpoint_every: int = 250
-    log_every: int = 50
-    seed: int = 0
 
 
 def cddpm_loss(network: EncoderConditionedNetwork, process: DiffusionProcess, x0: torch.Tensor,

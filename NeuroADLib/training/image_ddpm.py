@@ -33,6 +33,7 @@ from ..networks.diffusion_unet import DIFFUSION_UNET_CONFIGS, DiffusionUNet
 from .provenance import save_network
 from .slice_data import (
     SliceSet,
+    SliceTrainingRun,
     TrainingLog,
     calibrate_on_validation,
     prepare_slices,
@@ -51,7 +52,7 @@ ANOMALY_MAPS = {
 
 
 @dataclass(frozen=True)
-class ImageDDPMTraining:
+class ImageDDPMTraining(SliceTrainingRun):
     config: str = "default"
     steps: int = 4000
     batch_size: int = 16  # THOR's and AutoDDPM's code: 8 to 32 slices
@@ -59,10 +60,6 @@ class ImageDDPMTraining:
     noise: str = "gaussian"  # "simplex": the AnoDDPM-style ablation THOR reports
     thor: THORSettings = THORSettings()  # what the bundle is calibrated and run with
     autoddpm: AutoDDPMSettings = AutoDDPMSettings()
-    acquisition_copies: int = 1
-    checkpoint_every: int = 250
-    log_every: int = 50
-    seed: int = 0
 
 
 def epsilon_loss(network: DiffusionUNet, process: DiffusionProcess, x0: torch.Tensor,

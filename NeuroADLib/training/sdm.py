@@ -52,6 +52,7 @@ from .loop import LoopSettings, run_training
 from .provenance import save_network
 from .slice_data import (
     SliceSet,
+    SliceTrainingRun,
     TrainingLog,
     calibrate_on_validation,
     prepare_slices,
@@ -86,7 +87,7 @@ class FAMTraining:
 
 
 @dataclass(frozen=True)
-class SDMTraining:
+class SDMTraining(SliceTrainingRun):
     config: str = "default"
     steps: int = 3000  # about 65 min on 2 CPU cores at the default size
     batch_size: int = 16  # 20 in the report
@@ -94,10 +95,6 @@ class SDMTraining:
     noise: str = "gaussian"
     fam: FAMTraining = field(default_factory=FAMTraining)
     inference: SDMSettings = SDMSettings()  # what the bundle is calibrated and run with
-    acquisition_copies: int = 1
-    checkpoint_every: int = 250
-    log_every: int = 50
-    seed: int = 0
 
 
 def sdm_loss(network: EncoderConditionedNetwork, process: DiffusionProcess, x0: torch.Tensor,

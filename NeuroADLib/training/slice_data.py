@@ -23,6 +23,17 @@ from .loop import LoopSettings, run_training
 from .provenance import write_manifest
 
 
+@dataclass(frozen=True)
+class SliceTrainingRun:
+    """The settings every 2D diffusion trainer shares: acquisition-augmented copies of each
+    training scan, checkpoint and log cadence (steps), and the seed of every draw."""
+
+    acquisition_copies: int = 1
+    checkpoint_every: int = 250
+    log_every: int = 50
+    seed: int = 0
+
+
 @dataclass
 class SliceSet:
     """The training scans as a pool of axial brain slices: (volume, z) pairs."""
