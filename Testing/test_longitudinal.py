@@ -333,3 +333,28 @@ def test_longitudinal_benchmark_builds_and_evaluates(tmp_path):
             assert 0.0 <= figures["ap"] <= 1.0
             assert 0.0 <= figures["healthy_yen_fpr"] <= 1.0
     assert (tmp_path / "evaluation" / "visits_metrics.csv").is_file()
+
+
+def test_sdm_calibrations_shared_reconstructions_equal_separate_runs(tmp_path):
+    """train_sdm calibrates sdm and sdm_fam from one reconstruction per validation scan: the
+    thresholds are those of each method run on its own."""
+    pytest.importorskip("torch")
+    from conftest import tiny_sdm_bundle
+
+    from NeuroADLib.methods import Calibration
+    from NeuroADLib.methods.sdm import load_sdm
+    from NeuroADLib.preprocessing.harmonisation import IntensityStandard
+    from NeuroADLib.training.data import load_split
+
+    cohort, bundle = tiny_sdm_bundle(tmp_path)
+    validation = load_split(cohort, "validation")
+    standard = IntensityStandard.load(bundle)
+    harmonised = [standard.harmonise(i, m)[0]
+                  for i, m in zip(validation.images, validation.masks, strict=True)]
+    for name in ("sdm", "sdm_fam"):
+        model = load_sdm(bundle, name)
+        maps = [model.predict(image, mask)[0]
+                for image, mask in zip(harmonised, validation.masks, strict=True)]
+        fresh = Calibration.from_healthy_maps(maps, validation.masks)
+        assert Calibration.load(bundle, f"calibration_{name}").threshold == pytest.approx(
+            fresh.threshold, rel=1e-5)

@@ -128,6 +128,15 @@ def calibrate_on_validation(model, validation: CohortSplit, folder: Path, name: 
     start = time.perf_counter()
     predictions = [model.predict(image, mask) for image, mask in
                    zip(validation.images, validation.masks, strict=True)]
+    return calibrate_predictions(predictions, validation, folder, name,
+                                 (time.perf_counter() - start) / len(predictions))
+
+
+def calibrate_predictions(predictions: list[tuple[np.ndarray, np.ndarray]],
+                          validation: CohortSplit, folder: Path, name: str,
+                          seconds_per_scan: float) -> ValidationCalibration:
+    """The calibration (saved as `name` in `folder`) and reconstruction figures of a model's
+    (anomaly map, pseudo-healthy image) on each harmonised healthy validation scan."""
     calibration = Calibration.from_healthy_maps([anomaly for anomaly, _ in predictions],
                                                 validation.masks, HEALTHY_FPR,
                                                 INDEX_TOP_FRACTION)
@@ -136,7 +145,7 @@ def calibrate_on_validation(model, validation: CohortSplit, folder: Path, name: 
                zip(predictions, validation.images, validation.masks, strict=True)]
     return ValidationCalibration(
         calibration, {key: float(np.mean([f[key] for f in figures])) for key in figures[0]},
-        (time.perf_counter() - start) / len(predictions))
+        seconds_per_scan)
 
 
 def write_slice_bundle_manifest(out: Path, *, id: str, method: str, description: str,
