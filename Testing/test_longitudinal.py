@@ -256,6 +256,8 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
         report = json.loads((folder / "report.json").read_text())
         assert report["longitudinal"]["lafm"]["applied"] is True
         assert report["longitudinal"]["visit"] == number
+        scores = report["longitudinal"]["image_scores"]
+        assert scores["max"] >= scores["quantile_99_mean"] >= scores["mean"] >= 0
         assert report["threshold"]["rule"].startswith("Yen")
         assert "calibrated" in report["threshold"]
         for name in ("anomaly_map.nii.gz", "anomaly_mask.nii.gz", "pseudo_healthy.nii.gz"):
