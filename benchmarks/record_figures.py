@@ -1,7 +1,8 @@
 """Record a bundle's measured benchmark figures in its manifest (`benchmark`), beside what
 training wrote there: each method's figures from `benchmarks/normative_maps.py`
 (normative.json), zscore's on the same cases, the noise-matching figures of
-`benchmarks/noise_matching.py`, the commands and the cases. The manifest is not among the
+`benchmarks/noise_matching.py`, the per-visit figures of `benchmarks/longitudinal.py`, the
+commands and the cases. The manifest is not among the
 files it hashes, so the bundle still verifies.
 
     python benchmarks/record_figures.py --bundle models/ddpm \
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="zscore's normative.json, same cases")
     parser.add_argument("--noise", action="append", default=[],
                         help="METHOD=noise_matching.py --json output")
+    parser.add_argument("--longitudinal", help="summary.json of benchmarks/longitudinal.py")
     parser.add_argument("--cases", required=True, help="which cases, in words")
     parser.add_argument("--command", action="append", required=True)
     args = parser.parse_args()
@@ -42,6 +44,8 @@ def main() -> None:
     manifest["benchmark"] = {"cases": args.cases, "commands": args.command, "figures": figures,
                              "zscore_on_the_same_cases": baseline,
                              "real_t1_noise_matching": noise}
+    if args.longitudinal:
+        manifest["benchmark"]["longitudinal"] = json.loads(Path(args.longitudinal).read_text())
     manifest_path.write_text(json.dumps(manifest, indent=2, default=float))
     for method, maps in figures.items():
         print(f"{method}: AP {maps['raw']['ap']:.3f} raw, zscore "
