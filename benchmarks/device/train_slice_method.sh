@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A 2D slice method (METHOD: mad_ad, issue 11, or cddpm or ddpm, issue 13) on a lent GPU machine: train
-# it on the cohort pack, calibrate on its validation split, evaluate on a synthetic T1 pack, and
+# A 2D slice method (METHOD: mad_ad, issue 11, cddpm or ddpm, issue 13, sdm, issue 15) on a lent
+# GPU machine: train it on the cohort pack, calibrate on its validation split, evaluate on a synthetic T1 pack, and
 # bring back the figures, and the bundle when it is small enough to ship (the default configs:
 # about 2 MB; the paper configs' weights stay there). Run from the repository root with, in .device/: ixi_2mm.npz (`neuroad
 # pack CACHE`) and synthetic_t1.npz (`neuroad pack BENCH/synthetic/cases.csv --contrast t1`);
@@ -10,6 +10,7 @@
 #   METHOD=mad_ad CONFIG=default STEPS=40000 AE_STEPS=10000 bash benchmarks/device/train_slice_method.sh
 #   METHOD=cddpm CONFIG=paper STEPS=20000 bash benchmarks/device/train_slice_method.sh
 #   METHOD=ddpm EVAL_METHODS=thor,autoddpm STEPS=40000 bash benchmarks/device/train_slice_method.sh
+#   METHOD=sdm EVAL_METHODS=sdm,sdm_fam CONFIG=paper STEPS=20000 bash benchmarks/device/train_slice_method.sh
 set -euo pipefail
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
