@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +25,7 @@ import SimpleITK as sitk
 from .errors import InputError, OptionError
 from .guards import check_run
 from .methods.registry import LONGITUDINAL_METHODS
+from .methods.sdm import SDMScores
 from .outputs import atomic_output_folder, check_writable
 from .pipeline import (
     MethodOutput,
@@ -63,6 +65,18 @@ class FusedVisits:
     pixel: list[np.ndarray]
     segmentation: YenSegmentation
     lafm_applied: bool
+
+
+@dataclass
+class VisitRun:
+    """The model's pass over one visit: its unfiltered maps and pseudo-healthy image, the
+    harmonisation gain and report, the device it ran on, and how long it took."""
+
+    scores: SDMScores
+    gain: Any
+    harmonisation: dict
+    device: str
+    seconds: float
 
 
 def fuse_visits(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
@@ -148,18 +162,18 @@ def run_visits(
     brain_masks = list(brain_masks or [None] * len(sources))
     if len(brain_masks) != len(sources):
         raise InputError(f"{len(sources)} scans but {len(brain_masks)} brain masks.")
-    checked = {}
-    for source, mask in zip(sources, brain_masks, strict=True):
+    for source, mask in zip(sources, brain_masks, strict=True):  # every guard before any work
         checked = check_run(source, [method], mask, {method: options or {}})
     check_writable(out)
     progress = progress or Progress()
-    progress.total = 2 + 2 * len(sources) + 3 * len(sources)
+    # loading and aligning; per visit preprocessing, the model, back to the scan, writing
+    progress.total = 2 + 4 * len(sources)
     progress.step("load models")
     start = time.perf_counter()
     bundle, loaded = load_methods([method], checked, loaded_methods)[method]
     load_s = time.perf_counter() - start
 
-    scans, runs = [], []
+    scans, runs = [], []  # runs: VisitRun per visit
     for number, (source, mask) in enumerate(zip(sources, brain_masks, strict=True), start=1):
         progress.step(f"visit {number}: preprocessing")
         scans.append(prepare_scan(source, mask, seed))
@@ -175,28 +189,27 @@ def run_visits(
             loaded, scan.grid_image, scan.brain, subjects[number - 1], progress,
             device, lambda m, image=harmonised, brain=scan.brain: m.model.scores(
                 image, brain, progress.substep))
-        runs.append((scores, gain, harmonisation, used, time.perf_counter() - start))
+        runs.append(VisitRun(scores, gain, harmonisation, used, time.perf_counter() - start))
 
     model = loaded.model
     times = [s.age for s in subjects]
-    fused = fuse_visits([r[0].fam for r in runs], [r[0].pixel for r in runs],
+    fused = fuse_visits([r.scores.fam for r in runs], [r.scores.pixel for r in runs],
                         [scan.brain for scan in scans], times, model,
                         [scan.case.image for scan in scans], transforms)
     threshold = loaded.calibration.output_threshold
     reports, maps = [], []
     with atomic_output_folder(out, staging_dir) as staging:
-        for k, (scan, (scores, gain, harmonisation, used, method_s)) in enumerate(
-                zip(scans, runs, strict=True)):
+        for k, (scan, run) in enumerate(zip(scans, runs, strict=True)):
             folder = staging / f"visit{k + 1}"
             folder.mkdir()
             output = MethodOutput(
-                fused.anomaly[k], loaded.unharmonised(scores.healthy, scan.brain, gain),
+                fused.anomaly[k], loaded.unharmonised(run.scores.healthy, scan.brain, run.gain),
                 fused.segmentation.masks[k],
                 {"value": fused.segmentation.raw_score_threshold, "map": "raw",
                  "rule": YEN_RULE, "score_threshold": fused.segmentation.score_threshold,
                  "pixel_threshold": fused.segmentation.pixel_threshold,
                  "calibrated": _threshold_report(loaded, threshold, checked[method])},
-                harmonisation, used,
+                run.harmonisation, run.device,
                 {"longitudinal": {
                     "visit": k + 1, "visits": len(scans), "ages": times,
                     "lafm": ({"applied": True, **asdict(model.settings.lafm())}
@@ -208,7 +221,7 @@ def run_visits(
                         (fused.anomaly[k] > threshold).sum()),
                     "image_scores": image_scores(fused.anomaly[k], scan.brain)}})
             timings = {"load_models": load_s, "preprocess": scan.preprocess_s,
-                       "align_visits": align_s, "method": method_s}
+                       "align_visits": align_s, "method": run.seconds}
             report, _ = write_method_outputs(
                 loaded, bundle, scan.case, scan.native, scan.brain, subjects[k], folder,
                 timings, scan.input_info, progress, device, checked[method], output)
