@@ -385,6 +385,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"{len(args.input)} scans and {len(args.age)} ages: several visits of "
                          "one patient need a longitudinal method (--method longitudinal); "
                          "to run many patients, use neuroad batch.")
+    if args.brain_mask and len(args.brain_mask) != len(args.input):
+        raise UsageError(f"{len(args.input)} scans but {len(args.brain_mask)} brain masks: give "
+                         "one brain mask per scan, or none.")
     progress, bar = _terminal_progress()
     try:
         if longitudinal:
@@ -527,7 +530,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise InputError(f"The bundled demo scan is missing ({DEMO_SCAN}); reinstall NeuroAD.")
     print(f"demo: {DEMO_SCAN.name}, a raw clinical T1 with a glioma (5.5 mm slices, skull on). "
           f"Its age and sex are not distributed with it: the demo uses {DEMO_AGE:g} / {DEMO_SEX}.")
-    args.input, args.age, args.sex = str(DEMO_SCAN), DEMO_AGE, DEMO_SEX
+    args.input, args.age, args.sex = [str(DEMO_SCAN)], [DEMO_AGE], DEMO_SEX
     args.method, args.brain_mask, args.seed, args.device = ["zscore"], None, 0, "auto"
     args.option = None
     code = _run(args)

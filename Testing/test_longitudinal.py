@@ -179,6 +179,8 @@ def neuroad(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
      "one age per visit"),
     (["a.nii.gz", "b.nii.gz", "--age", "41", "40", "--method", "longitudinal"],
      EXIT_BAD_INPUT, "go down"),
+    (["a.nii.gz", "b.nii.gz", "--age", "40", "41", "--brain-mask", "m.nii.gz", "--method",
+      "longitudinal"], EXIT_USAGE, "one brain mask per scan"),
 ])
 def test_bad_visit_lists_are_refused(tmp_path, args, code, message):
     result = neuroad("run", *args, "--sex", "F", "--out", str(tmp_path / "out"))

@@ -168,3 +168,12 @@ def test_the_slicer_result_says_when_its_method_is_below_the_bar():
     assert result(0.311).benchmarkCaveat.startswith("below the zscore baseline")
     assert result(0.5).benchmarkCaveat == ""
     assert ResultNodes("zscore", None, None, None, {"model": {}}, None).benchmarkCaveat == ""
+
+
+@pytest.mark.slow
+def test_the_demo_command_runs_the_bundled_case(tmp_path):
+    """The README's first command ends in `neuroad demo --out DIR`."""
+    result = neuroad("demo", "--out", str(tmp_path / "demo"), "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (tmp_path / "demo").iterdir()} == OUTPUTS
+    assert "zscore: abnormality index" in result.stdout
