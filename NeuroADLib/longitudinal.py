@@ -30,11 +30,11 @@ from .outputs import atomic_output_folder, check_writable
 from .pipeline import (
     MethodOutput,
     PreparedScan,
-    _threshold_report,
     check_covariates,
     load_methods,
     predict_on_device,
     prepare_scan,
+    threshold_report,
     write_method_outputs,
 )
 from .postprocessing import (
@@ -186,9 +186,8 @@ def run_visits(
         start = time.perf_counter()
         harmonised, gain, harmonisation = loaded.harmonise(scan.grid_image, scan.brain)
         scores, used = predict_on_device(
-            loaded, scan.grid_image, scan.brain, subjects[number - 1], progress,
-            device, lambda m, image=harmonised, brain=scan.brain: m.model.scores(
-                image, brain, progress.substep))
+            loaded, lambda m, image=harmonised, brain=scan.brain: m.model.scores(
+                image, brain, progress.substep), progress, device)
         runs.append(VisitRun(scores, gain, harmonisation, used, time.perf_counter() - start))
 
     model = loaded.model
@@ -208,7 +207,7 @@ def run_visits(
                 {"value": fused.segmentation.raw_score_threshold, "map": "raw",
                  "rule": YEN_RULE, "score_threshold": fused.segmentation.score_threshold,
                  "pixel_threshold": fused.segmentation.pixel_threshold,
-                 "calibrated": _threshold_report(loaded, threshold, checked[method])},
+                 "calibrated": threshold_report(loaded, threshold, checked[method])},
                 run.harmonisation, run.device,
                 {"longitudinal": {
                     "visit": k + 1, "visits": len(scans), "ages": times,

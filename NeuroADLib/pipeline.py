@@ -199,12 +199,10 @@ class MethodOutput:
     extra: dict = field(default_factory=dict)
 
 
-def predict_on_device(method: LoadedMethod, grid_image: np.ndarray, brain: np.ndarray,
-                      subject: Subject, progress: Progress, device_preference: str,
-                      predict=None):
-    """`predict(method)` (default: the method's run on the scan) on the chosen device; a CUDA
-    out-of-memory error runs it again on the CPU. Returns (its result, the device used)."""
-    predict = predict or (lambda m: m.run(grid_image, brain, subject, progress.substep))
+def predict_on_device(method: LoadedMethod, predict, progress: Progress,
+                      device_preference: str):
+    """`predict(method)` on the chosen device; a CUDA out-of-memory error runs it again on
+    the CPU. Returns (its result, the device used)."""
     device = select_device(device_preference)
     try:
         return predict(method.to(device)), device
@@ -224,13 +222,14 @@ def _run_method(method: LoadedMethod, bundle, case, native: sitk.Image, grid_ima
     scan."""
     progress.step(f"{method.name}: anomaly map")
     start = time.perf_counter()
-    prediction, device = predict_on_device(method, grid_image, brain, subject, progress,
-                                           device_preference)
+    prediction, device = predict_on_device(
+        method, lambda m: m.run(grid_image, brain, subject, progress.substep), progress,
+        device_preference)
     timings["method"] = time.perf_counter() - start
     threshold = method.calibration.output_threshold
     output = MethodOutput(prediction.anomaly, prediction.healthy,
                           binarize(prediction.anomaly, threshold, brain),
-                          _threshold_report(method, threshold, options),
+                          threshold_report(method, threshold, options),
                           prediction.harmonisation, device)
     return write_method_outputs(method, bundle, case, native, brain, subject, folder, timings,
                                 input_info, progress, device_preference, options, output)
@@ -360,7 +359,7 @@ def _warning(check: dict) -> str:
             "acquisition; read the map with care.")
 
 
-def _threshold_report(method: LoadedMethod, threshold: float, options: dict) -> dict:
+def threshold_report(method: LoadedMethod, threshold: float, options: dict) -> dict:
     """The threshold, its rule and whether it holds: the calibration was computed at the
     method's default options, so other options (a longer chain, another percentile) keep the
     threshold but not its healthy false-positive guarantee."""

@@ -32,7 +32,12 @@ from ..postprocessing import binarize, erode_brain_mask, yen_threshold
 from ..synthesis import SynthesisConfig, load_library
 from ..synthesis.acquisition import AcquisitionConfig, augment_acquisition
 from ..synthesis.fluid import advect_diffuse, random_velocity
-from ..synthesis.lesions import SIGN_BY_CONTRAST, _place, perlin_blob, white_matter_mean
+from ..synthesis.lesions import (
+    SIGN_BY_CONTRAST,
+    draw_shape,
+    place_shape,
+    white_matter_mean,
+)
 from ..volumes import write_volume
 from . import metrics
 
@@ -86,9 +91,8 @@ def growing_lesions(image: np.ndarray, brain: np.ndarray, seed: int,
     lesions = []
     for _ in range(rng.integers(config.lesions[0], config.lesions[1] + 1)):
         for _ in range(synthesis.max_draws):
-            shape = (library[rng.integers(len(library))] if library and rng.random() < 0.5
-                     else perlin_blob(rng.uniform(*synthesis.perlin_radius_voxels), rng))
-            placed = _place(shape, brain, rng, synthesis.margin_voxels)
+            placed = place_shape(draw_shape(rng, library, synthesis), brain, rng,
+                                 synthesis.margin_voxels)
             if placed is None:
                 continue
             box, p0 = placed

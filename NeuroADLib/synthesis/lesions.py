@@ -78,6 +78,15 @@ def perlin_blob(radius: float, rng: np.random.Generator) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
+def draw_shape(rng: np.random.Generator, library: list[np.ndarray] | None,
+               config: SynthesisConfig) -> np.ndarray:
+    """A lesion's initial shape: a real lesion from the library half of the time (when there
+    is one), else a Perlin blob of a random radius."""
+    if library and rng.random() < 0.5:
+        return library[rng.integers(len(library))]
+    return perlin_blob(rng.uniform(*config.perlin_radius_voxels), rng)
+
+
 def white_matter_mean(image: np.ndarray, brain: np.ndarray) -> float:
     """Mean white-matter intensity, estimated as the mean of the brightest half of the brain
     (white matter is the brightest tissue on T1 after normalisation; on T2/FLAIR this is the
@@ -86,8 +95,8 @@ def white_matter_mean(image: np.ndarray, brain: np.ndarray) -> float:
     return float(values[values >= np.median(values)].mean())
 
 
-def _place(shape: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
-           margin: int) -> tuple[tuple[slice, ...], np.ndarray] | None:
+def place_shape(shape: np.ndarray, brain: np.ndarray, rng: np.random.Generator,
+                margin: int) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """A random position for `shape` (centre on a brain voxel far enough from the edge):
     the slices of the working box (shape plus margin) and P0 inside that box."""
     for axis in range(3):
@@ -121,7 +130,7 @@ def add_lesion(
 ) -> bool:
     """Place, flow, binarise and encode one lesion, updating the arrays in place; False (and
     nothing changed) when the lesion came out smaller than `config.min_lesion_voxels`."""
-    placed = _place(shape, brain, rng, config.margin_voxels)
+    placed = place_shape(shape, brain, rng, config.margin_voxels)
     if placed is None:
         return False
     box, p0 = placed
@@ -166,10 +175,7 @@ def synthesize(
     mu_w = white_matter_mean(image, brain)
     for _ in range(rng.integers(config.lesions[0], config.lesions[1] + 1)):
         for _ in range(config.max_draws):
-            if library and rng.random() < 0.5:
-                shape = library[rng.integers(len(library))]
-            else:
-                shape = perlin_blob(rng.uniform(*config.perlin_radius_voxels), rng)
+            shape = draw_shape(rng, library, config)
             if add_lesion(lesioned, brain, mask, probability, shape, mu_w, rng, config):
                 break
     return Synthetic(lesioned, mask, probability)
