@@ -53,6 +53,7 @@ EXAMPLES = {
              "\n  neuroad train mad_ad --cohort ~/neuroad-cache/ixi_2mm --out models/mad_ad"
              "\n  neuroad train cddpm --cohort ~/neuroad-cache/ixi_2mm --out models/cddpm"
              "\n  neuroad train sdm --cohort ~/neuroad-cache/ixi_2mm --out models/sdm"
+             "\n  neuroad train tdm --cohort ~/neuroad-cache/ixi_2mm --out models/tdm"
              "\n  neuroad train ddpm --cohort ~/neuroad-cache/ixi_2mm --out models/ddpm",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
@@ -244,6 +245,12 @@ def _train_sdm(args: argparse.Namespace, device: str | None) -> None:
     train_sdm(args.cohort, args.out, _slice_training(args, SDMTraining), device)
 
 
+def _train_tdm(args: argparse.Namespace, device: str | None) -> None:
+    from .training.tdm import TDMTraining, train_tdm
+
+    train_tdm(args.cohort, args.out, _slice_training(args, TDMTraining), device)
+
+
 def _train_ranges(args: argparse.Namespace, device: str | None) -> None:
     from .training.harmonisation import complete_healthy_ranges
 
@@ -267,6 +274,9 @@ TRAINERS = {
                                 "both methods' calibrations, in one resumable run"),
     "sdm": (_train_sdm, True, "SDM (the longitudinal method's semantic DDIM) and FAM's "
                               "feature extractor, and calibration, in one resumable run"),
+    "tdm": (_train_tdm, True, "TDM (imputes a follow-up scan) on pseudo-longitudinal pairs "
+                              "from the cohort's age trend, and its imputation errors, in one "
+                              "resumable run"),
     "ranges": (_train_ranges, False, "adds to the bundle at --out the healthy ranges its "
                                      "intensity standard lacks (statistics added since)"),
 }
@@ -599,16 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--acquisition-copies", type=int, choices=range(0, 11), metavar="N",
-                   help="zscore / mad_ad / cddpm / ddpm / sdm: acquisition-augmented copies of "
-                   "every training scan (defaults 2 / 1 / 1 / 1 / 1; 0 for none)")
+                   help="zscore / mad_ad / cddpm / ddpm / sdm / tdm: acquisition-augmented "
+                   "copies of every training scan (defaults 2 / 1 / 1 / 1 / 1 / 1; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
-                   help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm: named network "
-                        "size")
+                   help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / tdm: named "
+                        "network size")
     p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
-                                             "cddpm / ddpm / sdm: training steps")
+                                             "cddpm / ddpm / sdm / tdm: training steps")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

@@ -12,6 +12,9 @@ SDM's AdaGN (the longitudinal report, eq. 3.1, after Diff-AE), "adagn":
     (t_s, t_b) = Linear(c_t),  (y_s, y_b) = Linear(y_sem)      per residual block
     AdaGN(h) = y_s (t_s GroupNorm(h) + t_b) + y_b              scales written as 1 + s
 
+TDM's sum (the longitudinal report, section 6.2, after TADM), "sum":
+    h := h + psi(c')                                           c' = [c, c_t], broadcast
+
 The encoder is MONAI's 2D ResNet with a fully connected head of d outputs. MONAI's diffusion
 UNet adds its time embedding to the features and has no scale-and-shift conditioning, so the
 UNet is written here, in the style of Dhariwal and Nichol's (GroupNorm, SiLU, FiLM after the
@@ -36,7 +39,8 @@ class ConditionedUNetConfig:
     encoder_channels: tuple[int, int, int, int] = (16, 32, 64, 128)  # ResNet stages
     encoder_blocks: tuple[int, int, int, int] = (1, 1, 1, 1)  # residual blocks per stage
     norm_num_groups: int = 8
-    conditioning: str = "film"  # "film" (cDDPM) or "adagn" (SDM)
+    conditioning: str = "film"  # "film" (cDDPM), "adagn" (SDM) or "sum" (TDM)
+    in_channels: int = 1  # the UNet's input images (TDM: the noisy residual and the baseline)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -116,7 +120,29 @@ class AdaGNResBlock(FiLMResBlock):
         return self.skip(x) + self.conv2(nn.functional.silu(h))
 
 
-CONDITIONED_BLOCKS = {"film": FiLMResBlock, "adagn": AdaGNResBlock}
+class SumResBlock(nn.Module):
+    """TDM's residual block (the longitudinal report, section 6.2, after Ho et al.): the
+    conditions are projected to the block's width and added to its features,
+    h := h + psi(c'), broadcast over the pixels."""
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
+                 groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.projection = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, out_channels))
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = (nn.Identity() if in_channels == out_channels
+                     else nn.Conv2d(in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = h + self.projection(condition)[:, :, None, None]
+        return self.skip(x) + self.conv2(nn.functional.silu(self.norm2(h)))
+
+
+CONDITIONED_BLOCKS = {"film": FiLMResBlock, "adagn": AdaGNResBlock, "sum": SumResBlock}
 
 
 class SelfAttention(nn.Module):
@@ -155,7 +181,7 @@ class ConditionedUNet(nn.Module):
         block = CONDITIONED_BLOCKS[config.conditioning]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], d), nn.SiLU(),
                                       nn.Linear(d, d))  # MLP I
-        self.conv_in = nn.Conv2d(1, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         width = channels[0]
         for level, out in enumerate(channels):
@@ -216,6 +242,34 @@ class EncoderConditionedNetwork(nn.Module):
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         return self.unet(xt, t, self.encoder(x0))
+
+
+class TemporalNetwork(nn.Module):
+    """TDM's eps_theta(dx_t, t; x_a, l_a, dl) (the longitudinal report, eq. 6.1 and section
+    6.2): a UNet of summing residual blocks whose condition is the semantic code of the
+    baseline image plus linear projections of the baseline age and of the time gap,
+    c = Enc(x_a) + psi_2(l_a) + psi_3(dl). The report also adds RRDB feature maps of x_a to the
+    hidden states; here the baseline image itself is the UNet's second input channel, which
+    gives the UNet the same spatial view of it. Ages enter in centuries, gaps in decades."""
+
+    AGE_SCALE, GAP_SCALE = 100.0, 10.0  # years
+
+    def __init__(self, config: ConditionedUNetConfig) -> None:
+        super().__init__()
+        if config.in_channels != 2:
+            raise ValueError("TDM's UNet reads two images (the residual and the baseline), not "
+                             f"{config.in_channels}.")
+        self.config = config
+        self.encoder = build_encoder(config)
+        self.age = nn.Linear(1, config.condition_dim)  # psi_2
+        self.gap = nn.Linear(1, config.condition_dim)  # psi_3
+        self.unet = ConditionedUNet(config)
+
+    def forward(self, residual_t: torch.Tensor, t: torch.Tensor, baseline: torch.Tensor,
+                age: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        context = (self.encoder(baseline) + self.age(age[:, None] / self.AGE_SCALE)
+                   + self.gap(gap[:, None] / self.GAP_SCALE))
+        return self.unet(torch.cat([residual_t, baseline], dim=1), t, context)
 
 
 def resnet_features(encoder: nn.Module, x: torch.Tensor, stages: tuple[int, ...]

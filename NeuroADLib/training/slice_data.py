@@ -41,11 +41,12 @@ class SliceSet:
     images: list[np.ndarray]
     masks: list[np.ndarray]
     pairs: np.ndarray  # (n, 2) volume index, slice index
+    ages: list[float | None]  # per volume (None where the cohort has no age)
 
     @classmethod
     def of(cls, split: CohortSplit) -> SliceSet:
         pairs = [(k, int(z)) for k, mask in enumerate(split.masks) for z in brain_slices(mask)]
-        return cls(split.images, split.masks, np.array(pairs))
+        return cls(split.images, split.masks, np.array(pairs), split.ages)
 
     def batch(self, rows: np.ndarray, flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, brain masks) as (n, 1, y, x) tensors, left-right flipped where `flips`."""
