@@ -33,6 +33,7 @@ EXAMPLES = {
     "run": "example:\n  neuroad run scan.nii.gz --age 54 --sex F --method zscore --out results"
            "\n  neuroad run v1.nii.gz v2.nii.gz v3.nii.gz --age 61.0 62.5 64.1 --sex F "
            "--method longitudinal --out results",
+    "impute": "example:\n  neuroad impute v1.nii.gz --age 61 --to-age 63 --sex F --out v2_imputed",
     "batch": "example:\n  neuroad batch cases.csv --method zscore --out results\n"
              "  neuroad batch cases.csv --method zscore --out results --cluster local:2\n"
              "  neuroad batch cases.csv --method cadd --out results --device cuda "
@@ -443,6 +444,29 @@ def _run_visits(args: argparse.Namespace, progress) -> int:
     return 0
 
 
+def _impute(args: argparse.Namespace) -> int:
+    from .imputation import impute_scan
+
+    _threads(args.threads)
+    options = _parse_options(args.option)
+    if set(options) - {"tdm"}:
+        raise UsageError(f"neuroad impute takes TDM's options only (tdm.steps, tdm.eta, "
+                         f"tdm.seed), not {', '.join(sorted(set(options) - {'tdm'}))} options.")
+    progress, bar = _terminal_progress()
+    try:
+        report = impute_scan(args.input, args.age, args.to_age, args.sex, args.out,
+                             args.brain_mask, args.seed, progress=progress, device=args.device,
+                             options=options.get("tdm"))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"imputed age {report['imputed_age']:g} from age {report['covariates']['age']:g} "
+          f"(mean absolute change in the brain {report['change_in_brain']['mean_absolute']:.4f} "
+          f"of the normalised intensity; model {report['model']['id']})")
+    print(f"wrote {args.out}: imputed.nii.gz, change.nii.gz, report.json")
+    return 0
+
+
 def _batch(args: argparse.Namespace) -> int:
     from .batch import run_batch
 
@@ -698,6 +722,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method option, e.g. cadd.t_int=1000 (see the README)")
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_run)
+
+    p = command("impute", "Impute a plausible later visit of a scan with TDM (a diffusion "
+                          "model of the change between visits): the scan with the change from "
+                          "its age to --to-age added inside the brain, on its own geometry.")
+    p.add_argument("input", help="NIfTI, NRRD, MHA file or DICOM series folder")
+    p.add_argument("--age", type=float, required=True, help="age at the scan (years)")
+    p.add_argument("--to-age", type=float, required=True, help="age to impute at (years, later)")
+    p.add_argument("--sex", required=True, choices=["F", "M"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--brain-mask", help="brain mask of the input (skips brain extraction)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the registration sampling")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where TDM runs (auto: CUDA when present)")
+    p.add_argument("--option", action="append", metavar="tdm.NAME=VALUE",
+                   help="a sampling option: tdm.steps (DDIM steps, default 20), tdm.eta, "
+                        "tdm.seed")
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
+    p.set_defaults(run=_impute)
 
     p = command("batch", "Run every case of a CSV table (path, age, sex[, brain_mask, case]); a "
                          "failing case is reported and the others go on. Resumable.")

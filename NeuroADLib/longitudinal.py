@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .device import select_device
 from .errors import InputError, OptionError
 from .guards import check_run
 from .methods.registry import LONGITUDINAL_METHODS
@@ -68,6 +69,18 @@ class FusedVisits:
 
 
 @dataclass
+class ImputedVisit:
+    """A visit TDM imputed between two real ones, used as an LAFM reference only: its age, the
+    age of the visit it was imputed from, the real visit whose grid it lies on (0-based), and
+    the model's unfiltered maps of it."""
+
+    age: float
+    from_age: float
+    frame: int
+    scores: SDMScores
+
+
+@dataclass
 class VisitRun:
     """The model's pass over one visit: its unfiltered maps and pseudo-healthy image, the
     harmonisation gain and report, the device it ran on, and how long it took."""
@@ -82,20 +95,26 @@ class VisitRun:
 def fuse_visits(scores: Sequence[np.ndarray], pixels: Sequence[np.ndarray],
                 brains: Sequence[np.ndarray], times: Sequence[float], model,
                 grids: Sequence[sitk.Image] = (),
-                transforms: Sequence[sitk.Transform | None] = (), fuse: bool = True
-                ) -> FusedVisits:
+                transforms: Sequence[sitk.Transform | None] = (), fuse: bool = True,
+                references: Sequence[ImputedVisit] = ()) -> FusedVisits:
     """Each visit's unfiltered score map fused with the others' in the first visit's frame
     (LAFM, eq. 3.7-3.8), moved back to its own grid, post-processed as the single-visit map
     (`model.postprocess`: median filter, eroded brain), then all visits segmented together
     (eq. 3.9). `transforms[k]` takes the first visit's grid points to visit k's (None for the
-    first); with one visit (or `fuse` False: the single-visit ablation, segmented per patient
-    all the same) nothing is moved or fused."""
+    first); `references` (imputed visits) join LAFM as further visits but get no outputs and
+    no share in the segmentation; with one visit and no reference (or `fuse` False: the
+    single-visit ablation, segmented per patient all the same) nothing is moved or fused."""
     settings = model.settings
-    fuse = fuse and len(scores) > 1
+    fuse = fuse and len(scores) + len(references) > 1
+
+    def in_first(score: np.ndarray, frame: int) -> np.ndarray:
+        return score if frame == 0 else into_first(score, grids[frame], transforms[frame])
+
     if fuse:
-        in_first = [s if k == 0 else into_first(s, grids[k], transforms[k])
-                    for k, s in enumerate(scores)]
-        fused_first = lafm(in_first, times, brains[0], settings.lafm())
+        maps = ([in_first(s, k) for k, s in enumerate(scores)]
+                + [in_first(r.scores.fam, r.frame) for r in references])
+        fused_first = lafm(maps, [*times, *(r.age for r in references)], brains[0],
+                           settings.lafm())[:len(scores)]
         fused = [f if k == 0 else from_first(f, grids[k], transforms[k]) * (brains[k] > 0)
                  for k, f in enumerate(fused_first)]
     else:
@@ -113,6 +132,60 @@ def image_scores(anomaly: np.ndarray, brain: np.ndarray) -> dict:
     return {"max": max_score(anomaly, inside), "mean": mean_score(anomaly, inside),
             "top_100_mean": top_k_mean(anomaly, inside, min(100, int(inside.sum()))),
             "quantile_99_mean": quantile_mean(anomaly, inside, 0.99)}
+
+
+def imputation_plan(times: Sequence[float], every: float) -> list[tuple[float, int]]:
+    """(age, index of the real visit before it) of every visit to impute: `every` years apart
+    after each visit, while at least half of `every` remains before the next visit."""
+    plan = []
+    if every <= 0:
+        return plan
+    for k, (start, end) in enumerate(zip(times, times[1:], strict=False)):
+        steps = 1
+        while start + steps * every <= end - every / 2:
+            plan.append((start + steps * every, k))
+            steps += 1
+    return plan
+
+
+def impute_visits(loaded, scans: Sequence[PreparedScan], times: Sequence[float],
+                  plan: Sequence[tuple[float, int]], progress: Progress, device: str
+                  ) -> tuple[list[ImputedVisit], dict]:
+    """The planned visits imputed by TDM, each from the visit before it (real or imputed,
+    autoregressively, on that real visit's grid, as the report section 6.1), and scored by
+    the longitudinal method's model `loaded`; with the TDM bundle's description."""
+    from .imputation import load_tdm_bundle
+
+    bundle, tdm = load_tdm_bundle()
+    tdm.to(select_device(device))
+    imputed, previous = [], {}  # previous: real visit index -> (age, grid image) last made
+    for age, frame in plan:
+        scan = scans[frame]
+        from_age, image = previous.get(frame, (times[frame], scan.grid_image))
+        progress.step(f"imputing age {age:g} from age {from_age:g} (TDM)")
+        image = tdm.impute(image, scan.brain, from_age, age, progress.substep)
+        previous[frame] = (age, image)
+        harmonised, _, _ = loaded.harmonise(image, scan.brain)
+        scores, _ = predict_on_device(
+            loaded, lambda m, x=harmonised, brain=scan.brain: m.model.scores(x, brain),
+            progress, device)
+        imputed.append(ImputedVisit(age, from_age, frame, scores))
+    return imputed, {"model": bundle.id, "trained_on": bundle.manifest.get(
+        "training_data", {}).get("pairs", ""), "settings": asdict(tdm.settings)}
+
+
+def imputation_report(every: float, imputed: Sequence[ImputedVisit], model: dict) -> dict:
+    """What the report says of TDM imputation: off, nothing to impute, or which visits."""
+    if every <= 0:
+        return {"applied": False, "why": "off (option impute_every 0)"}
+    if not imputed:
+        return {"applied": False, "every_years": every,
+                "why": f"no two visits are more than {every:g} years apart"}
+    return {"applied": True, "every_years": every, **model,
+            "visits": [{"age": v.age, "imputed_from_age": v.from_age,
+                        "on_the_grid_of_visit": v.frame + 1} for v in imputed],
+            "use": "LAFM references only: imputed visits have no outputs and do not enter "
+                   "the Yen segmentation"}
 
 
 def check_visits(sources: Sequence[str | os.PathLike], ages: Sequence[float], sex: str
@@ -166,8 +239,11 @@ def run_visits(
         checked = check_run(source, [method], mask, {method: options or {}})
     check_writable(out)
     progress = progress or Progress()
-    # loading and aligning; per visit preprocessing, the model, back to the scan, writing
-    progress.total = 2 + 4 * len(sources)
+    every = float(checked[method].get("impute_every", 0.0))
+    plan = imputation_plan([s.age for s in subjects], every)
+    # loading and aligning; per visit preprocessing, the model, back to the scan, writing;
+    # per imputed visit TDM (its SDM pass is a sub-step)
+    progress.total = 2 + 4 * len(sources) + len(plan)
     progress.step("load models")
     start = time.perf_counter()
     bundle, loaded = load_methods([method], checked, loaded_methods)[method]
@@ -192,9 +268,13 @@ def run_visits(
 
     model = loaded.model
     times = [s.age for s in subjects]
+    start = time.perf_counter()
+    imputed, tdm_model = (impute_visits(loaded, scans, times, plan, progress, device) if plan
+                          else ([], {}))
+    impute_s = time.perf_counter() - start
     fused = fuse_visits([r.scores.fam for r in runs], [r.scores.pixel for r in runs],
                         [scan.brain for scan in scans], times, model,
-                        [scan.case.image for scan in scans], transforms)
+                        [scan.case.image for scan in scans], transforms, references=imputed)
     threshold = loaded.calibration.output_threshold
     reports, maps = [], []
     with atomic_output_folder(out, staging_dir) as staging:
@@ -214,13 +294,15 @@ def run_visits(
                     "lafm": ({"applied": True, **asdict(model.settings.lafm())}
                              if fused.lafm_applied else
                              {"applied": False, "why": "one visit: nothing to fuse with"}),
+                    "imputation": imputation_report(every, imputed, tdm_model),
                     "aligned_to_visit1": (None if transforms[k] is None
                                           else list(transforms[k].GetParameters())),
                     "calibrated_mask_voxels": int(
                         (fused.anomaly[k] > threshold).sum()),
                     "image_scores": image_scores(fused.anomaly[k], scan.brain)}})
             timings = {"load_models": load_s, "preprocess": scan.preprocess_s,
-                       "align_visits": align_s, "method": run.seconds}
+                       "align_visits": align_s, "method": run.seconds,
+                       **({"impute_visits": impute_s} if imputed else {})}
             report, _ = write_method_outputs(
                 loaded, bundle, scan.case, scan.native, scan.brain, subjects[k], folder,
                 timings, scan.input_info, progress, device, checked[method], output)
@@ -229,6 +311,7 @@ def run_visits(
         _side_by_side(maps, staging / "summary.png")
         (staging / "visits.json").write_text(json.dumps(
             {"method": method, "visits": [str(s) for s in sources], "ages": times,
+             "imputed_ages": [v.age for v in imputed],
              "flagged_ml": [r["lesions"]["volume_ml"] for r in reports]}, indent=2))
     return reports
 

@@ -250,14 +250,7 @@ def write_method_outputs(method: LoadedMethod, bundle, case, native: sitk.Image,
     native_map = grid_to_native(_on_grid(anomaly, case.image), case.template_to_native, native)
     native_mask = grid_to_native(_on_grid(segmentation.astype(np.uint8), case.image),
                                  case.template_to_native, native, kind="mask")
-    scale = case.report["normalisation"]["scale"]
-    native_healthy = grid_to_native(_on_grid(healthy * scale, case.image),
-                                    case.template_to_native, native)
-    brain_native = sitk.GetArrayFromImage(case.native_brain_mask) > 0
-    pseudo = np.where(brain_native, sitk.GetArrayFromImage(native_healthy),
-                      sitk.GetArrayFromImage(native)).astype(np.float32)
-    pseudo_image = sitk.GetImageFromArray(pseudo)
-    pseudo_image.CopyInformation(native)
+    pseudo_image = brain_on_scan(case, native, healthy)
     timings["to_native"] = time.perf_counter() - start
 
     progress.step(f"{method.name}: writing")
@@ -372,6 +365,30 @@ def threshold_report(method: LoadedMethod, threshold: float, options: dict) -> d
         report["note"] = (f"calibrated at the default options; with {changed} the healthy "
                           "false-positive rate may differ")
     return report
+
+
+def brain_on_scan(case: PreprocessResult, native: sitk.Image, grid_image: np.ndarray
+                  ) -> sitk.Image:
+    """An image of the grid (on the grid's normalised intensities) on the scan's geometry and
+    intensity scale inside the scan's brain, the scan itself elsewhere."""
+    scale = case.report["normalisation"]["scale"]
+    moved = grid_to_native(_on_grid(grid_image * scale, case.image), case.template_to_native,
+                           native)
+    brain_native = sitk.GetArrayFromImage(case.native_brain_mask) > 0
+    merged = np.where(brain_native, sitk.GetArrayFromImage(moved),
+                      sitk.GetArrayFromImage(native)).astype(np.float32)
+    image = sitk.GetImageFromArray(merged)
+    image.CopyInformation(native)
+    return image
+
+
+def change_on_scan(case: PreprocessResult, native: sitk.Image, change: np.ndarray
+                   ) -> sitk.Image:
+    """A change computed on the grid (normalised intensities) on the scan's geometry and
+    intensity scale (zero outside the grid's brain)."""
+    scale = case.report["normalisation"]["scale"]
+    return grid_to_native(_on_grid(change * scale, case.image), case.template_to_native,
+                          native)
 
 
 def _on_grid(array: np.ndarray, like: sitk.Image) -> sitk.Image:

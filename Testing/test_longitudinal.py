@@ -362,3 +362,58 @@ def test_sdm_calibrations_shared_reconstructions_equal_separate_runs(tmp_path):
         fresh = Calibration.from_healthy_maps(maps, validation.masks)
         assert Calibration.load(bundle, f"calibration_{name}").threshold == pytest.approx(
             fresh.threshold, rel=1e-5)
+
+
+def test_a_native_rescan_moves_head_and_lesion_together_and_repeats_with_its_seed():
+    from NeuroADLib.evaluation.longitudinal import rescanned
+
+    shape = (30, 36, 32)
+    head = ellipsoid_brain(shape).astype(np.float32) * 500 + 20
+    scan = sitk.GetImageFromArray(head)
+    scan.SetSpacing((2.0, 2.0, 2.0))
+    brain = sitk.GetImageFromArray(ellipsoid_brain(shape).astype(np.uint8))
+    brain.CopyInformation(scan)
+    lesion_array = np.zeros(shape, np.uint8)
+    lesion_array[12:18, 15:21, 14:20] = 1
+    lesion = sitk.GetImageFromArray(lesion_array)
+    lesion.CopyInformation(scan)
+    first, moved = rescanned(scan, brain, lesion, seed=4)
+    again, moved_again = rescanned(scan, brain, lesion, seed=4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(again))
+    assert first.GetSize() == scan.GetSize() and first.GetSpacing() == scan.GetSpacing()
+    assert not np.array_equal(sitk.GetArrayFromImage(first), head)
+    assert abs(int(sitk.GetArrayFromImage(moved).sum()) - int(lesion_array.sum())) \
+        <= 0.3 * lesion_array.sum()
+    other, _ = rescanned(scan, brain, lesion, seed=5)
+    assert not np.array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(other))
+
+
+@pytest.mark.slow
+def test_a_native_visit_carries_its_lesion_through_the_whole_preprocessing():
+    """A dark ball drawn on a real scan's grid, moved onto the raw scan, re-acquired there and
+    preprocessed again: the visit's grid holds the ball where it was drawn, darker."""
+    from scipy import ndimage
+
+    from NeuroADLib.evaluation import metrics
+    from NeuroADLib.evaluation.longitudinal import NativeSubject, lesion_on_grid, native_visit
+    from NeuroADLib.preprocessing import preprocess
+    from NeuroADLib.volumes import read_volume, same_geometry
+
+    raw = read_volume(require(IXI_SCAN))
+    prepared = preprocess(raw, seed=0)
+    image = sitk.GetArrayFromImage(prepared.image)
+    brain = sitk.GetArrayFromImage(prepared.brain_mask) > 0
+    centre = np.round(np.argwhere(brain).mean(axis=0)).astype(int)
+    ball = (((np.indices(brain.shape) - centre[:, None, None, None]) ** 2).sum(0) <= 25) & brain
+    subject = NativeSubject(raw, prepared.native_brain_mask, prepared.template_to_native,
+                            prepared.report["normalisation"]["scale"])
+    scan, lesion, visit = native_visit(subject, prepared.image, -0.3 * ball, ball, seed=3)
+    assert same_geometry(scan, raw, tolerance=1e-4)
+    on_grid = lesion_on_grid(lesion, visit)
+    assert metrics.dice(on_grid, ball) > 0.6
+    revisited = sitk.GetArrayFromImage(visit.image)
+    rim = (ndimage.binary_dilation(ball, iterations=4)
+           & ~ndimage.binary_dilation(ball, iterations=1) & brain)
+    assert revisited[on_grid].mean() < revisited[rim].mean() - 0.1
+    assert image[ball].mean() > revisited[on_grid].mean()
+

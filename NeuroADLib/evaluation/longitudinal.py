@@ -7,8 +7,11 @@ Each validation subject gives two sequences of K visits, one year apart:
   synthesis (eq. 3-6) gives each lesion's final extent, and earlier visits hold its core,
   growing outwards (the first visit's lesion is the part deeper than 60% of its depth).
 A re-acquisition is a small rigid motion (up to 2 degrees, 2 mm), a mild bias field and noise,
-applied on the model grid (the cohort holds grid scans, not native ones), so that the method
-has to align the visits before fusing them.
+so that the method has to align the visits before fusing them. Where the cohort's raw scans
+are at hand, it is applied in native space: the lesions, drawn on the grid, are moved onto the
+raw scan, the head is moved and re-scanned there, and each visit goes through NeuroAD's whole
+preprocessing (skull stripping, registration, normalisation) on its own; otherwise (a cohort of
+grid scans only) it is applied on the grid.
 
 `evaluate_visits` scores, per visit: SDM alone (its pixel distance), SDM + FAM, SDM + FAM +
 LAFM (the longitudinal method) and zscore; each at its healthy-calibrated threshold and at
@@ -22,6 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,7 +34,7 @@ from scipy import ndimage
 from ..cohort import read_manifest
 from ..postprocessing import binarize, erode_brain_mask, yen_threshold
 from ..synthesis import SynthesisConfig, load_library
-from ..synthesis.acquisition import AcquisitionConfig, augment_acquisition
+from ..synthesis.acquisition import AcquisitionConfig, augment_acquisition, bias_field
 from ..synthesis.fluid import advect_diffuse, random_velocity
 from ..synthesis.lesions import (
     SIGN_BY_CONTRAST,
@@ -38,12 +42,12 @@ from ..synthesis.lesions import (
     place_shape,
     white_matter_mean,
 )
-from ..volumes import write_volume
+from ..volumes import read_volume, write_volume
 from . import metrics
 
 MANIFEST = "visits.csv"
 FIELDS = ["sequence", "visit", "kind", "image", "brain_mask", "lesion_mask", "subject", "age",
-          "sex"]
+          "sex", "native", "native_lesion_mask"]
 SEED = 2_000_003  # far from the trainers' and the other benchmarks' seeds
 # A re-acquisition on the same scanner: mild bias and noise, no contrast or thickness change.
 REVISIT = AcquisitionConfig(probability=1.0, contrast_gamma=(1.0, 1.0),
@@ -148,13 +152,100 @@ def reacquired(image: np.ndarray, brain: np.ndarray, lesion: np.ndarray, like: s
     return scanned.astype(np.float32), brain, _moved(lesion, like, motion, nearest=True) > 0
 
 
+@dataclass
+class NativeSubject:
+    """A cohort subject's raw scan and what its preprocessing found: the native brain mask,
+    the grid-to-native transform and the intensity scale of the grid image."""
+
+    scan: sitk.Image
+    brain: sitk.Image
+    template_to_native: sitk.Transform
+    scale: float
+
+    @classmethod
+    def of(cls, cohort_dir: Path, source: Path, row: dict) -> NativeSubject:
+        folder = (cohort_dir / row["image"]).parent
+        report = json.loads((folder / "preprocess.json").read_text())
+        return cls(read_volume(source / row["file"]),
+                   sitk.ReadImage(str(folder / "native_brain_mask.nii.gz")),
+                   sitk.ReadTransform(str(folder / "template_to_native.tfm")),
+                   float(report["normalisation"]["scale"]))
+
+
+def rescanned(scan: sitk.Image, brain: sitk.Image, lesion: sitk.Image, seed: int
+              ) -> tuple[sitk.Image, sitk.Image]:
+    """(scan, lesion mask) of one native re-acquisition: the head moved rigidly, then a mild
+    bias field over the whole field of view and noise relative to the brain's 99.5th
+    percentile (the pipeline's intensity scale)."""
+    rng = np.random.default_rng(seed)
+    motion = rigid_motion(scan, rng)
+    moved = sitk.GetArrayFromImage(sitk.Resample(scan, scan, motion, sitk.sitkLinear, 0.0))
+    inside = sitk.GetArrayFromImage(sitk.Resample(brain, scan, motion,
+                                                  sitk.sitkNearestNeighbor, 0)) > 0
+    amplitude, noise = rng.uniform(*REVISIT.bias_amplitude), rng.uniform(*REVISIT.noise_std)
+    field = bias_field(moved.shape, amplitude,
+                       REVISIT.bias_wavelength_mm / min(scan.GetSpacing()), rng)
+    level = float(np.percentile(moved[inside], 99.5)) if inside.any() else 1.0
+    noisy = np.clip(moved * field + rng.normal(0.0, noise * level, moved.shape), 0.0, None)
+    image = sitk.GetImageFromArray(noisy.astype(np.float32))
+    image.CopyInformation(scan)
+    return image, sitk.Resample(lesion, scan, motion, sitk.sitkNearestNeighbor, 0)
+
+
+def native_visit(subject: NativeSubject, like: sitk.Image, change: np.ndarray,
+                 lesion: np.ndarray, seed: int) -> tuple[sitk.Image, sitk.Image, Any]:
+    """One visit re-acquired in native space: the grid's lesion change (normalised
+    intensities) and mask moved onto the raw scan, the scan re-acquired (`rescanned`), then
+    preprocessed by NeuroAD's own pipeline. Returns (native scan, native lesion mask, the
+    visit's PreprocessResult)."""
+    from ..preprocessing import grid_to_native, preprocess
+
+    def on_grid(array: np.ndarray) -> sitk.Image:
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(like)
+        return image
+
+    native_change = grid_to_native(on_grid((change * subject.scale).astype(np.float32)),
+                                   subject.template_to_native, subject.scan)
+    native_lesion = grid_to_native(on_grid(lesion.astype(np.uint8)),
+                                   subject.template_to_native, subject.scan, kind="mask")
+    lesioned = sitk.Add(sitk.Cast(subject.scan, sitk.sitkFloat32), native_change)
+    scan, scan_lesion = rescanned(lesioned, subject.brain, native_lesion, seed)
+    return scan, scan_lesion, preprocess(scan, seed=0)
+
+
+def lesion_on_grid(lesion: sitk.Image, prepared) -> np.ndarray:
+    """A native lesion mask on a preprocessed visit's grid (nearest neighbour)."""
+    moved = sitk.Resample(lesion, prepared.image, prepared.template_to_native,
+                          sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(moved) > 0
+
+
+def native_source(cohort_dir: Path) -> Path | None:
+    """The folder of the cohort's raw scans, when the cohort records one that exists."""
+    record = cohort_dir / "cohort.json"
+    if not record.is_file():
+        return None
+    source = json.loads(record.read_text()).get("source")
+    return Path(source) if source and Path(source).is_dir() else None
+
+
 def build_longitudinal_set(cohort_dir: str | os.PathLike, out: str | os.PathLike,
                            progression: ProgressionConfig = ProgressionConfig(),
                            library_folder: str | os.PathLike | None = None,
-                           subjects: int | None = None) -> Path:
+                           subjects: int | None = None, native: bool | None = None) -> Path:
     """For every validation subject (the first `subjects` of them): a healthy and a lesioned
-    sequence of len(progression.growth) visits a year apart; writes visits.csv."""
+    sequence of len(progression.growth) visits a year apart; writes visits.csv. `native`
+    (default: when the cohort's raw scans are at hand): each visit is re-acquired from the
+    raw scan and preprocessed by the pipeline (`native_visit`), and its native scan and
+    lesion mask are written too (columns `native`, `native_lesion_mask`); otherwise visits are
+    re-acquired on the grid (`reacquired`)."""
     cohort_dir, out = Path(cohort_dir), Path(out)
+    source = native_source(cohort_dir)
+    native = source is not None if native is None else native
+    if native and source is None:
+        raise ValueError(f"{cohort_dir} records no folder of raw scans (cohort.json source): "
+                         "re-acquisition in native space needs them.")
     library = load_library(library_folder) if library_folder else None
     rows = []
     chosen = [r for r in read_manifest(cohort_dir) if r["split"] == "validation"][:subjects]
@@ -163,6 +254,7 @@ def build_longitudinal_set(cohort_dir: str | os.PathLike, out: str | os.PathLike
         image = sitk.GetArrayFromImage(like)
         brain = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort_dir / subject["brain_mask"])))
         brain = brain > 0
+        raw = NativeSubject.of(cohort_dir, source, subject) if native else None
         healthy = [(image, np.zeros(brain.shape, bool))] * len(progression.growth)
         lesioned = growing_lesions(image, brain, SEED + number, progression, library)
         for kind, visits in (("healthy", healthy), ("lesioned", lesioned)):
@@ -170,15 +262,28 @@ def build_longitudinal_set(cohort_dir: str | os.PathLike, out: str | os.PathLike
             folder = out / sequence
             folder.mkdir(parents=True, exist_ok=True)
             for k, (visit_image, lesion) in enumerate(visits):
-                scanned, visit_brain, visit_lesion = reacquired(
-                    visit_image, brain, lesion, like, SEED + 1000 * number + k)
+                seed = SEED + 1000 * number + k
                 names = {key: f"{sequence}/visit{k + 1}_{key}.nii.gz"
                          for key in ("image", "brain_mask", "lesion_mask")}
-                for key, array in (("image", scanned), ("brain_mask", visit_brain),
-                                   ("lesion_mask", visit_lesion)):
+                if raw is None:
+                    arrays = reacquired(visit_image, brain, lesion, like, seed)
+                    grid = like
+                else:
+                    scan, scan_lesion, prepared = native_visit(raw, like, visit_image - image,
+                                                               lesion, seed)
+                    arrays = (sitk.GetArrayFromImage(prepared.image),
+                              sitk.GetArrayFromImage(prepared.brain_mask) > 0,
+                              lesion_on_grid(scan_lesion, prepared))
+                    grid = prepared.image
+                    names["native"] = f"{sequence}/visit{k + 1}_native.nii.gz"
+                    names["native_lesion_mask"] = f"{sequence}/visit{k + 1}_native_lesion.nii.gz"
+                    write_volume(scan, out / names["native"])
+                    write_volume(scan_lesion, out / names["native_lesion_mask"])
+                for key, array in zip(("image", "brain_mask", "lesion_mask"), arrays,
+                                      strict=True):
                     written = sitk.GetImageFromArray(
                         array if key == "image" else array.astype(np.uint8))
-                    written.CopyInformation(like)
+                    written.CopyInformation(grid)
                     write_volume(written, out / names[key])
                 rows.append({"sequence": sequence, "visit": k + 1, "kind": kind, **names,
                              "subject": subject["subject"],
@@ -196,8 +301,9 @@ def read_sequences(manifest: str | os.PathLike) -> dict[str, list[dict]]:
     manifest = Path(manifest)
     sequences: dict[str, list[dict]] = {}
     for row in csv.DictReader(manifest.open(newline="")):
-        for key in ("image", "brain_mask", "lesion_mask"):
-            row[key] = str(manifest.parent / row[key])
+        for key in ("image", "brain_mask", "lesion_mask", "native", "native_lesion_mask"):
+            if row.get(key):
+                row[key] = str(manifest.parent / row[key])
         sequences.setdefault(row["sequence"], []).append(row)
     return {name: sorted(rows, key=lambda r: int(r["visit"])) for name, rows in sequences.items()}
 
@@ -205,14 +311,56 @@ def read_sequences(manifest: str | os.PathLike) -> dict[str, list[dict]]:
 VARIANTS = ("sdm", "sdm_fam", "longitudinal", "zscore")
 
 
+@dataclass
+class ScoredSequence:
+    """One benchmark sequence read from its files and through SDM once per visit: each visit's
+    grid image, brain and lesion, its age, the rigid transform from visit 1's grid to its own
+    (None for visit 1), and SDM's unfiltered maps of it."""
+
+    grids: list[sitk.Image]
+    images: list[np.ndarray]
+    brains: list[np.ndarray]
+    lesions: list[np.ndarray]
+    times: list[float]
+    transforms: list
+    scores: list
+
+    @classmethod
+    def of(cls, visits: list[dict], sdm) -> ScoredSequence:
+        """`sdm`: the loaded longitudinal method (harmonisation and model)."""
+        from ..preprocessing.visits import rigid_to_first
+
+        grids = [sitk.ReadImage(v["image"], sitk.sitkFloat32) for v in visits]
+        images = [sitk.GetArrayFromImage(g) for g in grids]
+        brains = [sitk.GetArrayFromImage(sitk.ReadImage(v["brain_mask"])) > 0 for v in visits]
+        lesions = [sitk.GetArrayFromImage(sitk.ReadImage(v["lesion_mask"])) > 0 for v in visits]
+        scores = [sdm.model.scores(sdm.harmonise(i, b)[0], b)
+                  for i, b in zip(images, brains, strict=True)]
+        transforms = [None] + [rigid_to_first(grids[0], brains[0], g) for g in grids[1:]]
+        return cls(grids, images, brains, lesions, [float(v["age"]) for v in visits],
+                   transforms, scores)
+
+    def fused(self, model, chosen: tuple[int, ...], references: tuple = (),
+              fuse: bool = True):
+        """`longitudinal.fuse_visits` over the visits `chosen` (0-based, in order) with the
+        imputed `references`; `fuse` False: the single-visit maps, segmented per patient."""
+        from ..longitudinal import fuse_visits
+
+        def pick(items: list) -> list:
+            return [items[k] for k in chosen]
+
+        return fuse_visits(pick([s.fam for s in self.scores]),
+                           pick([s.pixel for s in self.scores]), pick(self.brains),
+                           pick(self.times), model, pick(self.grids), pick(self.transforms),
+                           fuse, references)
+
+
 def evaluate_visits(sdm_folder: str | os.PathLike, zscore_folder: str | os.PathLike,
                     manifest: str | os.PathLike, out: str | os.PathLike, log=print) -> dict:
     """Every visit of every sequence through the four variants (SDM's reconstructions are
     computed once per visit and serve the three SDM variants); writes visits_metrics.csv and
     summary.json into `out` and returns the summary."""
-    from ..longitudinal import fuse_visits
     from ..methods import Calibration, load_method
-    from ..preprocessing.visits import rigid_to_first
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,17 +373,11 @@ def evaluate_visits(sdm_folder: str | os.PathLike, zscore_folder: str | os.PathL
                   "zscore": zscore.calibration.output_threshold}
     rows = []
     for name, visits in read_sequences(manifest).items():
-        grids = [sitk.ReadImage(v["image"], sitk.sitkFloat32) for v in visits]
-        images = [sitk.GetArrayFromImage(g) for g in grids]
-        brains = [sitk.GetArrayFromImage(sitk.ReadImage(v["brain_mask"])) > 0 for v in visits]
-        lesions = [sitk.GetArrayFromImage(sitk.ReadImage(v["lesion_mask"])) > 0 for v in visits]
-        times = [float(v["age"]) for v in visits]
-        scores = [model.scores(sdm.harmonise(i, b)[0], b)
-                  for i, b in zip(images, brains, strict=True)]
-        transforms = [None] + [rigid_to_first(grids[0], brains[0], g) for g in grids[1:]]
-        fam, pixel = [s.fam for s in scores], [s.pixel for s in scores]
-        single = fuse_visits(fam, pixel, brains, times, model, grids, transforms, fuse=False)
-        fused = fuse_visits(fam, pixel, brains, times, model, grids, transforms)
+        sequence = ScoredSequence.of(visits, sdm)
+        images, brains, lesions = sequence.images, sequence.brains, sequence.lesions
+        every = tuple(range(len(visits)))
+        single = sequence.fused(model, every, fuse=False)
+        fused = sequence.fused(model, every)
         zscore_maps = [zscore.anomaly_map(i, b) for i, b in zip(images, brains, strict=True)]
         scored = [erode_brain_mask(b, model.settings.erosion) for b in brains]
         maps = {"sdm": single.pixel, "sdm_fam": single.anomaly, "longitudinal": fused.anomaly,
@@ -266,6 +408,73 @@ def evaluate_visits(sdm_folder: str | os.PathLike, zscore_folder: str | os.PathL
     summary = summarise_visits(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# The visits (0-based) each missing-visit scenario fuses; "imputed" ones add TDM's visit 2.
+MISSING_SCENARIOS = {"visits_1_3": (0, 2), "visits_1_3_imputed_2": (0, 2),
+                     "visits_1_2_3": (0, 1, 2)}
+
+
+def evaluate_missing_visit(sdm_folder: str | os.PathLike, tdm_folder: str | os.PathLike,
+                           manifest: str | os.PathLike, out: str | os.PathLike, log=print
+                           ) -> dict:
+    """Three-visit sequences with the middle visit missing: the longitudinal method on visits
+    1 and 3 alone, with a visit imputed by TDM at visit 2's age from visit 1 (on visit 1's
+    grid, as `neuroad run --option longitudinal.impute_every=1` does), and with all three
+    real visits (the reference). Scored on visits 1 and 3; writes missing_visit_metrics.csv
+    and missing_visit_summary.json into `out` and returns the summary."""
+    from ..longitudinal import ImputedVisit
+    from ..methods import load_method
+    from ..methods.tdm import load_tdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sdm, tdm = load_method("longitudinal", sdm_folder), load_tdm(tdm_folder)
+    model = sdm.model
+    rows = []
+    for name, visits in read_sequences(manifest).items():
+        if len(visits) != 3:
+            raise ValueError(f"{name}: the missing-visit scenario needs 3 visits, not "
+                             f"{len(visits)}.")
+        sequence = ScoredSequence.of(visits, sdm)
+        brains, times = sequence.brains, sequence.times
+        imputed_image = tdm.impute(sequence.images[0], brains[0], times[0], times[1])
+        imputed = ImputedVisit(times[1], times[0], 0, model.scores(
+            sdm.harmonise(imputed_image, brains[0])[0], brains[0]))
+        for scenario, chosen in MISSING_SCENARIOS.items():
+            result = sequence.fused(model, chosen, (imputed,) if "imputed" in scenario else ())
+            for visit in (1, 3):
+                k = chosen.index(visit - 1)
+                brain, lesion = brains[visit - 1], sequence.lesions[visit - 1] & brains[visit - 1]
+                mask = result.segmentation.masks[k]
+                row = {"scenario": scenario, "sequence": name, "visit": visit,
+                       "kind": visits[visit - 1]["kind"],
+                       "yen_flagged_fraction": float(mask[brain].mean())}
+                if lesion.any():
+                    row.update({"ap": metrics.average_precision(result.anomaly[k], lesion,
+                                                                brain),
+                                "dice_yen": metrics.dice(mask & brain, lesion)})
+                rows.append(row)
+        log(f"{name}: " + ", ".join(f"{r['scenario']} v{r['visit']} AP {r['ap']:.3f}"
+                                    for r in rows[-6:] if "ap" in r))
+    with (out / "missing_visit_metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=sorted({k for row in rows for k in row}))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {scenario: {str(visit): _visit_figures(
+        [r for r in rows if r["scenario"] == scenario and r["visit"] == visit])
+        for visit in (1, 3)} for scenario in MISSING_SCENARIOS}
+    (out / "missing_visit_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _visit_figures(rows: list[dict]) -> dict:
+    """Mean AP and Yen Dice over a visit's lesioned rows, mean Yen-flagged share of its
+    healthy ones."""
+    lesioned = [r for r in rows if "ap" in r]
+    return {"ap": _mean(lesioned, "ap"), "dice_yen": _mean(lesioned, "dice_yen"),
+            "healthy_yen_fpr": _mean([r for r in rows if r["kind"] == "healthy"],
+                                     "yen_flagged_fraction")}
 
 
 def _pooled_yen(maps: list[np.ndarray], brains: list[np.ndarray]) -> list[np.ndarray]:

@@ -166,11 +166,21 @@ SDM_OPTION_SPECS = {
 }
 
 # The longitudinal method adds LAFM's knobs (eq. 3.7-3.8, the report's beta and gamma; sigma in
-# years of visit time).
-LONGITUDINAL_OPTIONS = {**SDM_OPTIONS, "lafm_sigma": 2.5, "lafm_beta": 1.0, "lafm_gamma": 0.1}
+# years of visit time) and TDM imputation: with impute_every Y > 0, where two visits are more
+# than Y years apart, visits every Y years between them are imputed by TDM and fused as LAFM
+# references (0: off).
+LONGITUDINAL_OPTIONS = {**SDM_OPTIONS, "lafm_sigma": 2.5, "lafm_beta": 1.0, "lafm_gamma": 0.1,
+                        "impute_every": 0.0}
 LONGITUDINAL_OPTION_SPECS = {**SDM_OPTION_SPECS, "lafm_sigma": OptionSpec(float, 0, 100),
                              "lafm_beta": OptionSpec(float, 0, 1),
-                             "lafm_gamma": OptionSpec(float, 0, 10)}
+                             "lafm_gamma": OptionSpec(float, 0, 10),
+                             "impute_every": OptionSpec(float, 0, 50)}
+# TDM's sampling knobs (TDMSettings mirrors them; a test keeps them equal): DDIM steps from
+# level T - 1 (T = 1000), eta, seed. TDM imputes scans (`neuroad impute`); it is not an
+# anomaly method, so it is not in METHODS.
+TDM_OPTIONS = {"steps": 20, "eta": 0.0, "seed": 42}
+TDM_OPTION_SPECS = {"steps": OptionSpec(int, 1, 1000), "eta": OptionSpec(float, 0, 1),
+                    "seed": OptionSpec(int, 0, 2**32 - 1)}
 # Methods that read several visits of one patient (`neuroad run V1 V2 ...`).
 LONGITUDINAL_METHODS = ("longitudinal",)
 

@@ -62,6 +62,7 @@ class SDMSettings:
     lafm_sigma: float = 2.5  # the longitudinal method's LAFM (eq. 3.7-3.8), years
     lafm_beta: float = 1.0
     lafm_gamma: float = 0.1
+    impute_every: float = 0.0  # the longitudinal method's TDM imputation (years; 0: off)
 
     def lafm(self) -> LAFMSettings:
         return LAFMSettings(self.lafm_sigma, self.lafm_beta, self.lafm_gamma)

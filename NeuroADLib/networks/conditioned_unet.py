@@ -78,20 +78,29 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-class FiLMResBlock(nn.Module):
-    """GroupNorm, SiLU, conv; GroupNorm, FiLM(gamma, beta from c'), SiLU, conv; plus the
-    input (through a 1x1 conv when the width changes)."""
+class ResBlockLayers(nn.Module):
+    """The layers every conditioned residual block shares: GroupNorm, SiLU, conv; GroupNorm,
+    SiLU, conv; plus the input (through a 1x1 conv when the width changes). Subclasses add
+    how the condition enters."""
 
-    def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
-                 groups: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.film = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, 2 * out_channels))  # MLP II
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = (nn.Identity() if in_channels == out_channels
                      else nn.Conv2d(in_channels, out_channels, 1))
+
+
+class FiLMResBlock(ResBlockLayers):
+    """GroupNorm, SiLU, conv; GroupNorm, FiLM(gamma, beta from c'), SiLU, conv; plus the
+    input."""
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
+                 groups: int) -> None:
+        super().__init__(in_channels, out_channels, groups)
+        self.film = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, 2 * out_channels))  # MLP II
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
@@ -120,21 +129,15 @@ class AdaGNResBlock(FiLMResBlock):
         return self.skip(x) + self.conv2(nn.functional.silu(h))
 
 
-class SumResBlock(nn.Module):
+class SumResBlock(ResBlockLayers):
     """TDM's residual block (the longitudinal report, section 6.2, after Ho et al.): the
     conditions are projected to the block's width and added to its features,
     h := h + psi(c'), broadcast over the pixels."""
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
                  groups: int) -> None:
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        super().__init__(in_channels, out_channels, groups)
         self.projection = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, out_channels))
-        self.norm2 = nn.GroupNorm(groups, out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = (nn.Identity() if in_channels == out_channels
-                     else nn.Conv2d(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))

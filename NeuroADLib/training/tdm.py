@@ -170,7 +170,8 @@ def train_tdm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     chosen = chosen[:training.evaluation_subjects]
     errors = imputation_errors(model.impute, trend, [validation.images[k] for k in chosen],
                                [validation.masks[k] for k in chosen],
-                               [validation.ages[k] for k in chosen], training.evaluation_gaps)
+                               [validation.ages[k] for k in chosen],
+                               training.evaluation_gaps if chosen else ())
     seconds = (time.perf_counter() - start) / max(1, len(chosen) * len(training.evaluation_gaps))
     for gap, figures in errors.items():
         record(f"imputation {gap} years: TDM MAE {figures['tdm']['mae']:.5f} SSIM "
