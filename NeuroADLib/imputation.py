@@ -93,19 +93,18 @@ def impute_scan(source: str | os.PathLike, age: float, to_age: float, sex: str,
 
     progress.step(f"TDM: imputing age {to_age:g}")
     start = time.perf_counter()
-    grid_image = scan.grid_image
-    imputed = model.to(chosen).impute(grid_image, scan.brain, subject.age, to_age,
-                                      progress.substep)
+    grid_image, brain = scan.grid_image, scan.brain
+    imputed = model.to(chosen).impute(grid_image, brain, subject.age, to_age, progress.substep)
+    grid_change = imputed - grid_image
     timings["tdm"] = time.perf_counter() - start
 
     progress.step("back to the scan")
     start = time.perf_counter()
-    change = change_on_scan(scan.case, scan.native, imputed - grid_image)
+    change = change_on_scan(scan.case, scan.native, grid_change)
     followed = sitk.Add(sitk.Cast(scan.native, sitk.sitkFloat32), change)
     timings["to_native"] = time.perf_counter() - start
 
     progress.step("writing")
-    inside = scan.brain
     report = {
         "neuroad_version": __version__,
         "input": scan.input_info,
@@ -120,8 +119,8 @@ def impute_scan(source: str | os.PathLike, age: float, to_age: float, sex: str,
                   "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()},
                   "trained_on": bundle.manifest.get("training_data", {}).get("pairs", "")},
         "device": {"used": chosen, "asked": device},
-        "change_in_brain": {"mean": float((imputed - grid_image)[inside].mean()),
-                            "mean_absolute": float(np.abs(imputed - grid_image)[inside].mean()),
+        "change_in_brain": {"mean": float(grid_change[brain].mean()),
+                            "mean_absolute": float(np.abs(grid_change[brain]).mean()),
                             "unit": "the grid's normalised intensity"},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "preprocessing": scan.case.report,

@@ -160,15 +160,14 @@ def impute_visits(loaded, scans: Sequence[PreparedScan], times: Sequence[float],
     tdm.to(select_device(device))
     imputed, previous = [], {}  # previous: real visit index -> (age, grid image) last made
     for age, frame in plan:
-        scan = scans[frame]
-        from_age, image = previous.get(frame, (times[frame], scan.grid_image))
+        brain = scans[frame].brain
+        from_age, image = previous.get(frame, (times[frame], scans[frame].grid_image))
         progress.step(f"imputing age {age:g} from age {from_age:g} (TDM)")
-        image = tdm.impute(image, scan.brain, from_age, age, progress.substep)
+        image = tdm.impute(image, brain, from_age, age, progress.substep)
         previous[frame] = (age, image)
-        harmonised, _, _ = loaded.harmonise(image, scan.brain)
+        harmonised, _, _ = loaded.harmonise(image, brain)
         scores, _ = predict_on_device(
-            loaded, lambda m, x=harmonised, brain=scan.brain: m.model.scores(x, brain),
-            progress, device)
+            loaded, lambda m, x=harmonised, b=brain: m.model.scores(x, b), progress, device)
         imputed.append(ImputedVisit(age, from_age, frame, scores))
     return imputed, {"model": bundle.id, "trained_on": bundle.manifest.get(
         "training_data", {}).get("pairs", ""), "settings": asdict(tdm.settings)}
