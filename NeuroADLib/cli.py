@@ -252,6 +252,16 @@ def _train_tdm(args: argparse.Namespace, device: str | None) -> None:
     train_tdm(args.cohort, args.out, _slice_training(args, TDMTraining), device)
 
 
+def _train_cond_ldm(args: argparse.Namespace, device: str | None) -> None:
+    from .training.cond_ldm import CondLDMTraining, train_cond_ldm
+
+    if not args.autoencoder:
+        raise UsageError("neuroad train cond_ldm needs --autoencoder FOLDER (the first stage, "
+                         "e.g. the cadd-ixi-2mm bundle's autoencoder/).")
+    train_cond_ldm(args.cohort, args.autoencoder, args.out,
+                   _slice_training(args, CondLDMTraining), device)
+
+
 def _train_ranges(args: argparse.Namespace, device: str | None) -> None:
     from .training.harmonisation import complete_healthy_ranges
 
@@ -278,6 +288,10 @@ TRAINERS = {
     "tdm": (_train_tdm, True, "TDM (imputes a follow-up scan) on pseudo-longitudinal pairs "
                               "from the cohort's age trend, and its imputation errors, in one "
                               "resumable run"),
+    "cond_ldm": (_train_cond_ldm, True, "the pathology-conditioned LDM on a first stage "
+                                        "(needs --autoencoder): pseudo-pathological pairs, "
+                                        "the AdaGN latent UNet and calibration, in one "
+                                        "resumable run"),
     "ranges": (_train_ranges, False, "adds to the bundle at --out the healthy ranges its "
                                      "intensity standard lacks (statistics added since)"),
 }
@@ -633,16 +647,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--acquisition-copies", type=int, choices=range(0, 11), metavar="N",
-                   help="zscore / mad_ad / cddpm / ddpm / sdm / tdm: acquisition-augmented "
-                   "copies of every training scan (defaults 2 / 1 / 1 / 1 / 1 / 1; 0 for none)")
+                   help="zscore / mad_ad / cddpm / ddpm / sdm / tdm / cond_ldm: "
+                   "acquisition-augmented copies of every training scan (defaults 2 / 1 / 1 / "
+                   "1 / 1 / 1 / 1; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
-                   help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / tdm: named "
-                        "network size")
+                   help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / tdm / "
+                        "cond_ldm: named network size")
     p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
-                                             "cddpm / ddpm / sdm / tdm: training steps")
+                                             "cddpm / ddpm / sdm / tdm / cond_ldm: training "
+                                             "steps")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

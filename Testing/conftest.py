@@ -208,6 +208,30 @@ def tiny_sdm_bundle(root: Path) -> tuple[Path, Path]:
     return cohort, train_sdm(cohort, root / "sdm", tiny_sdm_training(), log=_quiet)
 
 
+def tiny_cond_ldm_training():
+    """The conditioned LDM's tiny UNet trained for two steps on two pseudo-pathological versions
+    per scan, run from t_int 50 with respacing 10 and a small median filter."""
+    from NeuroADLib.methods.cond_ldm import CondLDMSettings
+    from NeuroADLib.training.cond_ldm import CondLDMTraining
+    from NeuroADLib.training.pathology_pairs import PairSettings
+
+    return CondLDMTraining(config="tiny", steps=2, batch_size=2, acquisition_copies=1,
+                           pairs=PairSettings(versions=2),
+                           inference=CondLDMSettings(t_int=50, respacing=10, median_size=3,
+                                                     erosion=1),
+                           checkpoint_every=1, log_every=1)
+
+
+def tiny_cond_ldm_bundle(root: Path) -> tuple[Path, Path]:
+    """A fabricated cohort of 8 subjects (32^3), the tiny first stage of `tiny_cadd_stages`
+    and a conditioned-LDM bundle (root/cond_ldm) of `tiny_cond_ldm_training` on them."""
+    from NeuroADLib.training.cond_ldm import train_cond_ldm
+
+    cohort, autoencoder = tiny_cadd_stages(root)
+    return cohort, train_cond_ldm(cohort, autoencoder, root / "cond_ldm",
+                                  tiny_cond_ldm_training(), log=_quiet)
+
+
 def tiny_grid_sdm_store(root: Path) -> Path:
     """A model store (root/store, for NEUROAD_MODELS) holding an SDM bundle of SDM's tiny
     networks trained for one step on a fabricated cohort on the product grid, run with one

@@ -76,6 +76,19 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
     assert not np.array_equal(maps["cadd"], maps["ldm"])
     again = load_method("cadd", bundle).anomaly_map(image, brain, WOMAN)
     assert np.array_equal(again, maps["cadd"])  # seeded inference: same input, same output
+    # against the first stage's own reconstruction: the same pseudo-healthy image, the map
+    # |D(E(x)) - x^|
+    from NeuroADLib.networks.autoencoder import decode_image, encode_image
+
+    model = load_method("cadd", bundle, {"against_reconstruction": 1}).model
+    anomaly, healthy = model.predict(image, brain, WOMAN)
+    default_anomaly, default_healthy = load_method("cadd", bundle).model.predict(image, brain,
+                                                                                   WOMAN)
+    np.testing.assert_array_equal(healthy, default_healthy)
+    reconstruction = decode_image(model.autoencoder, encode_image(model.autoencoder, image))
+    np.testing.assert_allclose(anomaly, np.abs(reconstruction * brain - healthy) * brain,
+                               atol=1e-4)  # the latent scale applied and undone
+    assert not np.array_equal(anomaly, default_anomaly)
     # the cohort percentiles cover every level up to T, so a longer chain finds its rows ...
     longer = load_method("cadd", bundle, {"t_int": 300, "respacing": 10})
     assert longer.anomaly_map(image, brain, WOMAN).shape == image.shape

@@ -26,6 +26,7 @@ from conftest import (
     tiny_cadd_bundle,
     tiny_cadd_stages,
     tiny_cddpm_bundle,
+    tiny_cond_ldm_bundle,
     tiny_ddpm_bundle,
     tiny_mad_ad_bundle,
     tiny_sdm_bundle,
@@ -91,6 +92,12 @@ def sdm_bundle(root: Path) -> TinyBundle:
     return TinyBundle(tiny_sdm_bundle(root)[1], TINY_CADD_SHAPE)
 
 
+def cond_ldm_bundle(root: Path) -> TinyBundle:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return TinyBundle(tiny_cond_ldm_bundle(root)[1], TINY_CADD_SHAPE)
+
+
 # family -> a function building a tiny bundle of every method of that family
 BUNDLE_BUILDERS: dict[str, Callable[[Path], TinyBundle]] = {
     "zscore": zscore_bundle,
@@ -99,6 +106,7 @@ BUNDLE_BUILDERS: dict[str, Callable[[Path], TinyBundle]] = {
     "cddpm": cddpm_bundle,
     "ddpm": ddpm_bundle,
     "sdm": sdm_bundle,
+    "cond_ldm": cond_ldm_bundle,
 }
 FAMILIES = sorted({info.family for info in METHODS.values()})
 

@@ -8,7 +8,10 @@ from one trained pair (first-stage autoencoder + Latte latent DDPM) and one bund
     ldm_tavg        average of reconstructions from every level (LDM T_avg baseline)
 
 The anomaly map is the voxel-wise absolute error |x - x^| inside the brain (CADD's map), x^
-the decoded pseudo-healthy image. Each variant carries its own healthy calibration.
+the decoded pseudo-healthy image; with the option `against_reconstruction` it is
+|D(E(x)) - x^|, against the autoencoder's own reconstruction of the scan (as MAD-AD's map),
+which cancels the first stage's reconstruction error. Each variant carries its own healthy
+calibration.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..diffusion.inpainting import (
 )
 from ..errors import ModelError, UsageError
 from ..models.weights import load_weights
-from ..networks.autoencoder import decode_volume, encode_volume, load_autoencoder
+from ..networks.autoencoder import decode_image, encode_image, load_autoencoder
 from ..networks.latte import TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
 from ..progress import StepCallback
 from ..subject import UNKNOWN, Subject
@@ -103,32 +106,38 @@ class CADDModel:
                                                    device=device))
         return model
 
-    @torch.no_grad()
     def encode(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(image[None, None].astype(np.float32)).to(self.device)
-        return encode_volume(self.autoencoder, x) * self.latent_scale
+        return encode_image(self.autoencoder, image, self.latent_scale, self.device)
 
-    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, brain: np.ndarray) -> np.ndarray:
+        return (decode_image(self.autoencoder, latent, self.latent_scale) * brain
+                ).astype(np.float32)
+
     def pseudo_healthy(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                        on_step: StepCallback | None = None) -> np.ndarray:
-        z0 = self.encode(image)
+        return self.decode(self.healthy_latent(self.encode(image), subject, on_step), brain)
+
+    @torch.no_grad()
+    def healthy_latent(self, z0: torch.Tensor, subject: Subject = UNKNOWN,
+                       on_step: StepCallback | None = None) -> torch.Tensor:
+        """The pseudo-healthy latent of the scan's latent z0 (Algorithm 1, or the baselines)."""
         model = self.denoiser(subject)
         levels = self.settings.levels if self.variant.all_levels else [self.settings.t_int]
         if self.variant.inpaint:
-            latent = kl_guided_inpainting(self.diffusion, model, z0, self.settings,
-                                          self.cohort_percentiles_at_levels(),
-                                          on_step)["latent"]
-        else:
-            latent = reconstruct(self.diffusion, model, z0, levels, self.settings.respacing,
-                                 self.settings.seed, on_step)
-        decoded = decode_volume(self.autoencoder, latent / self.latent_scale)[0, 0].cpu().numpy()
-        return (np.clip(decoded, 0.0, 1.0) * brain).astype(np.float32)
+            return kl_guided_inpainting(self.diffusion, model, z0, self.settings,
+                                        self.cohort_percentiles_at_levels(), on_step)["latent"]
+        return reconstruct(self.diffusion, model, z0, levels, self.settings.respacing,
+                           self.settings.seed, on_step)
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(|x - x^| inside the brain, x^); `on_step` hears of every sampling step."""
-        healthy = self.pseudo_healthy(image, brain, subject, on_step)
-        return (np.abs(image - healthy) * brain).astype(np.float32), healthy
+        """(|x - x^| inside the brain, x^), or |D(E(x)) - x^| with `against_reconstruction`;
+        `on_step` hears of every sampling step."""
+        z0 = self.encode(image)
+        healthy = self.decode(self.healthy_latent(z0, subject, on_step), brain)
+        reference = (self.decode(z0, brain) if self.settings.against_reconstruction
+                     else image)
+        return (np.abs(reference - healthy) * brain).astype(np.float32), healthy
 
 
 def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor],

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 # CADD's inference knobs and the paper's defaults (InpaintingSettings mirrors them; a test
 # keeps the two equal).
-CADD_OPTIONS = {"t_int": 250, "level_step": 50, "percentile": 95.0, "respacing": 1, "seed": 42}
+CADD_OPTIONS = {"t_int": 250, "level_step": 50, "percentile": 95.0, "respacing": 1, "seed": 42,
+                "against_reconstruction": 0}
 # CADD's diffusion chain has this many noise levels (GaussianDiffusion.num_timesteps).
 CADD_TIMESTEPS = 1000
 
@@ -64,6 +65,7 @@ CADD_OPTION_SPECS = {
     "percentile": OptionSpec(float, 0, 100, open_range=True),
     "respacing": OptionSpec(int, 1, CADD_TIMESTEPS),
     "seed": OptionSpec(int, 0, 2**32 - 1),
+    "against_reconstruction": OptionSpec(int, 0, 1),
 }
 
 
@@ -112,6 +114,23 @@ CDDPM_OPTION_SPECS = {
     "levels": OptionSpec(int, 1, 10),
     "median_size": OptionSpec(int, 1, 9),
     "erosion": OptionSpec(int, 0, 10),
+    "seed": OptionSpec(int, 0, 2**32 - 1),
+}
+
+# The pathology-conditioned LDM's inference knobs and the paper's defaults (CondLDMSettings
+# mirrors them; a test keeps the two equal), with two of NeuroAD's as 0/1 switches: `minmax` (1:
+# the paper's per-map min-max normalisation) and `against_reconstruction` (1: the map against
+# the autoencoder's own reconstruction of the scan). T = 1000.
+COND_LDM_OPTIONS = {"t_int": 250, "respacing": 1, "max_shift": 2, "median_size": 5,
+                    "erosion": 3, "minmax": 0, "against_reconstruction": 0, "seed": 42}
+COND_LDM_OPTION_SPECS = {
+    "t_int": OptionSpec(int, 1, 1000),
+    "respacing": OptionSpec(int, 1, 1000),
+    "max_shift": OptionSpec(int, 0, 4),
+    "median_size": OptionSpec(int, 1, 9),
+    "erosion": OptionSpec(int, 0, 10),
+    "minmax": OptionSpec(int, 0, 1),
+    "against_reconstruction": OptionSpec(int, 0, 1),
     "seed": OptionSpec(int, 0, 2**32 - 1),
 }
 
@@ -208,6 +227,13 @@ METHODS = {
                             "reconstructions over noise levels (ablation).", ("age", "sex")),
     "ldm": _cadd("ldm", "Latent diffusion reconstruction from T_int (baseline)."),
     "ldm_tavg": _cadd("ldm_tavg", "Latent diffusion averaged over noise levels (baseline)."),
+    "cond_ldm": MethodInfo("cond_ldm", "Pathology-conditioned LDM: a latent DDPM conditioned "
+                           "on an encoding of the scan itself, trained to turn copies of healthy "
+                           "scans with fluid-driven pseudo-pathologies back into the healthy "
+                           "scans; reconstructs from T_int = 250.", "cond_ldm",
+                           "NeuroADLib.methods.cond_ldm:load_cond_ldm",
+                           options=COND_LDM_OPTIONS, option_specs=COND_LDM_OPTION_SPECS,
+                           calibration="calibration_cond_ldm"),
     "mad_ad": MethodInfo("mad_ad", "MAD-AD: masked latent diffusion on axial slices; the mask "
                          "head finds anomalous latent patches and only those are denoised.",
                          "mad_ad", "NeuroADLib.methods.mad_ad:load_mad_ad",

@@ -110,6 +110,24 @@ def decode_volume(autoencoder, z, window: int = WINDOW):
                                     overlap=WINDOW_OVERLAP, mode="gaussian")
 
 
+def encode_image(autoencoder, image, scale: float = 1.0, device: str = "cpu"):
+    """The scaled latent (1, C, d, h, w) of a grid image (z, y, x) as numpy."""
+    import torch
+
+    x = torch.from_numpy(image[None, None].astype("float32")).to(device)
+    with torch.no_grad():
+        return encode_volume(autoencoder, x) * scale
+
+
+def decode_image(autoencoder, latent, scale: float = 1.0):
+    """The grid image (numpy, clipped to [0, 1]) of a scaled latent: encode_image's inverse."""
+    import torch
+
+    with torch.no_grad():
+        decoded = decode_volume(autoencoder, latent / scale)
+    return decoded[0, 0].cpu().numpy().clip(0.0, 1.0)
+
+
 def build_discriminator(channels: int = 16, spatial_dims: int = 3):
     """The patch discriminator of the adversarial term (MONAI PatchDiscriminator)."""
     from monai.networks.nets import PatchDiscriminator

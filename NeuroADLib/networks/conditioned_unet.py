@@ -41,6 +41,8 @@ class ConditionedUNetConfig:
     norm_num_groups: int = 8
     conditioning: str = "film"  # "film" (cDDPM), "adagn" (SDM) or "sum" (TDM)
     in_channels: int = 1  # the UNet's input images (TDM: the noisy residual and the baseline)
+    out_channels: int = 1  # what it predicts (the conditioned LDM: eps and the variance, 2 C)
+    spatial_dims: int = 2  # 2 for slices, 3 for latent volumes (the conditioned LDM)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -49,10 +51,18 @@ class ConditionedUNetConfig:
     def from_dict(cls, values: dict) -> ConditionedUNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
+    def conv(self, in_channels: int, out_channels: int, kernel: int, **arguments) -> nn.Module:
+        """A convolution of this network's dimension."""
+        return convolution(self.spatial_dims)(in_channels, out_channels, kernel, **arguments)
+
     @property
     def size_multiple(self) -> int:
         """Slice sides must be multiples of this (each level below the first halves them)."""
         return 2 ** (len(self.channels) - 1)
+
+
+def convolution(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
 
 
 CONDITIONED_UNET_CONFIGS = {
@@ -83,14 +93,21 @@ class ResBlockLayers(nn.Module):
     SiLU, conv; plus the input (through a 1x1 conv when the width changes). Subclasses add
     how the condition enters."""
 
-    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, groups: int,
+                 spatial_dims: int = 2) -> None:
         super().__init__()
+        conv = convolution(spatial_dims)
         self.norm1 = nn.GroupNorm(groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
         self.norm2 = nn.GroupNorm(groups, out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
         self.skip = (nn.Identity() if in_channels == out_channels
-                     else nn.Conv2d(in_channels, out_channels, 1))
+                     else conv(in_channels, out_channels, 1))
+
+
+def per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(batch, channels) values shaped to broadcast over the pixels or voxels of `like`."""
+    return values.reshape(*values.shape, *([1] * (like.dim() - 2)))
 
 
 class FiLMResBlock(ResBlockLayers):
@@ -98,13 +115,13 @@ class FiLMResBlock(ResBlockLayers):
     input."""
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
-                 groups: int) -> None:
-        super().__init__(in_channels, out_channels, groups)
+                 groups: int, spatial_dims: int = 2) -> None:
+        super().__init__(in_channels, out_channels, groups, spatial_dims)
         self.film = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, 2 * out_channels))  # MLP II
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
-        gamma, beta = self.film(condition)[:, :, None, None].chunk(2, dim=1)
+        gamma, beta = per_channel(self.film(condition), h).chunk(2, dim=1)
         h = self.norm2(h) * (gamma + 1) + beta
         return self.skip(x) + self.conv2(nn.functional.silu(h))
 
@@ -115,16 +132,16 @@ class AdaGNResBlock(FiLMResBlock):
     `condition` is c' = [y_sem, c_t], split in halves."""
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
-                 groups: int) -> None:
-        super().__init__(in_channels, out_channels, condition_dim // 2, groups)
+                 groups: int, spatial_dims: int = 2) -> None:
+        super().__init__(in_channels, out_channels, condition_dim // 2, groups, spatial_dims)
         self.time_projection = nn.Sequential(nn.SiLU(),
                                              nn.Linear(condition_dim // 2, 2 * out_channels))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         code, time = condition.chunk(2, dim=1)
         h = self.conv1(nn.functional.silu(self.norm1(x)))
-        t_s, t_b = self.time_projection(time)[:, :, None, None].chunk(2, dim=1)
-        y_s, y_b = self.film(code)[:, :, None, None].chunk(2, dim=1)
+        t_s, t_b = per_channel(self.time_projection(time), h).chunk(2, dim=1)
+        y_s, y_b = per_channel(self.film(code), h).chunk(2, dim=1)
         h = (y_s + 1) * (self.norm2(h) * (t_s + 1) + t_b) + y_b
         return self.skip(x) + self.conv2(nn.functional.silu(h))
 
@@ -135,13 +152,13 @@ class SumResBlock(ResBlockLayers):
     h := h + psi(c'), broadcast over the pixels."""
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int,
-                 groups: int) -> None:
-        super().__init__(in_channels, out_channels, groups)
+                 groups: int, spatial_dims: int = 2) -> None:
+        super().__init__(in_channels, out_channels, groups, spatial_dims)
         self.projection = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, out_channels))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
-        h = h + self.projection(condition)[:, :, None, None]
+        h = h + per_channel(self.projection(condition), h)
         return self.skip(x) + self.conv2(nn.functional.silu(self.norm2(h)))
 
 
@@ -156,18 +173,19 @@ class SelfAttention(nn.Module):
                                                batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         attended, _ = self.attention(tokens, tokens, tokens, need_weights=False)
-        return x + attended.transpose(1, 2).reshape(n, c, h, w)
+        return x + attended.transpose(1, 2).reshape(x.shape)
 
 
-def build_encoder(config: ConditionedUNetConfig) -> nn.Module:
-    """F_enc: MONAI's 2D ResNet of basic blocks with a linear head to R^d."""
+def build_encoder(config: ConditionedUNetConfig, in_channels: int = 1) -> nn.Module:
+    """F_enc: MONAI's ResNet of basic blocks (2D or 3D, as the UNet) with a linear head to
+    R^d, reading `in_channels` channels."""
     from monai.networks.nets import ResNet
 
     return ResNet("basic", list(config.encoder_blocks), list(config.encoder_channels),
-                  spatial_dims=2, n_input_channels=1, num_classes=config.condition_dim)
+                  spatial_dims=config.spatial_dims, n_input_channels=in_channels,
+                  num_classes=config.condition_dim)
 
 
 class ConditionedUNet(nn.Module):
@@ -184,33 +202,33 @@ class ConditionedUNet(nn.Module):
         block = CONDITIONED_BLOCKS[config.conditioning]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], d), nn.SiLU(),
                                       nn.Linear(d, d))  # MLP I
-        self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.conv_in = config.conv(config.in_channels, channels[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         width = channels[0]
         for level, out in enumerate(channels):
             blocks = []
             for _ in range(config.num_res_blocks):
-                blocks.append(block(width, out, 2 * d, groups))
+                blocks.append(block(width, out, 2 * d, groups, config.spatial_dims))
                 width = out
             self.down.append(nn.ModuleList(blocks))
-            self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1)
+            self.downsample.append(config.conv(width, width, 3, stride=2, padding=1)
                                    if level + 1 < len(channels) else nn.Identity())
-        self.middle = nn.ModuleList([block(width, width, 2 * d, groups),
-                                     block(width, width, 2 * d, groups)])
+        self.middle = nn.ModuleList([block(width, width, 2 * d, groups, config.spatial_dims)
+                                     for _ in range(2)])
         self.attention = (SelfAttention(width, groups) if config.attention_at_deepest_level
                           else nn.Identity())
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(len(channels))):
             out = channels[level]
-            blocks = [block(width + out, out, 2 * d, groups)]
-            blocks += [block(out, out, 2 * d, groups)
+            blocks = [block(width + out, out, 2 * d, groups, config.spatial_dims)]
+            blocks += [block(out, out, 2 * d, groups, config.spatial_dims)
                        for _ in range(config.num_res_blocks - 1)]
             self.up.append(nn.ModuleList(blocks))
             width = out
             self.upsample.append(nn.Upsample(scale_factor=2, mode="nearest") if level > 0
                                  else nn.Identity())
         self.out = nn.Sequential(nn.GroupNorm(groups, width), nn.SiLU(),
-                                 nn.Conv2d(width, 1, 3, padding=1))
+                                 config.conv(width, config.out_channels, 3, padding=1))
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor, context: torch.Tensor
                 ) -> torch.Tensor:
@@ -234,13 +252,14 @@ class ConditionedUNet(nn.Module):
 
 
 class EncoderConditionedNetwork(nn.Module):
-    """The encoder and the UNet, trained end to end (cDDPM section 3.2, SDM eq. 3.2):
-    f(x_t, t, x0) = UNet(x_t, t, Enc(x0))."""
+    """The encoder and the UNet, trained end to end (cDDPM section 3.2, SDM eq. 3.2, the
+    pathology-conditioned LDM eq. 7): f(x_t, t, x0) = UNet(x_t, t, Enc(x0)); the encoder reads
+    what the UNet reads (an image, or a latent of `in_channels` channels)."""
 
     def __init__(self, config: ConditionedUNetConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config)
+        self.encoder = build_encoder(config, config.in_channels)
         self.unet = ConditionedUNet(config)
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -102,11 +102,10 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
             continue
         start = time.perf_counter()
         model = replace(trained, variant=VARIANTS[variant], cohort_percentiles=percentiles)
-        healthy = [model.pseudo_healthy(image, mask, person)
-                   for image, mask, person in zip(images, masks, people, strict=True)]
-        maps = [np.abs(image - h) * mask for image, h, mask in zip(images, healthy, masks,
-                                                                     strict=True)]
-        Calibration.from_healthy_maps(maps, masks, HEALTHY_FPR, INDEX_TOP_FRACTION).save(
+        maps, healthy = zip(*(model.predict(image, mask, person)
+                              for image, mask, person in zip(images, masks, people, strict=True)),
+                            strict=True)
+        Calibration.from_healthy_maps(list(maps), masks, HEALTHY_FPR, INDEX_TOP_FRACTION).save(
             out, f"calibration_{variant}")
         quality = [mae_psnr_ssim(h, image, mask) for h, image, mask in zip(healthy, images,
                                                                            masks, strict=True)]

@@ -1,0 +1,158 @@
+"""The pathology-conditioned latent diffusion model (`cond_ldm`; "pathology-conditioned LDM with
+fluid-driven anomaly randomization", section 2.2), in the 3D latent space of the first-stage
+autoencoder that CADD shares.
+
+Training (training/cond_ldm.py) pairs a healthy latent z_0 (the target) with the latent z_p of
+the same scan carrying fluid-driven pseudo-pathologies (the condition, eq. 3-6); the UNet
+eps_theta is conditioned through AdaGN on c_p = Enc(z_p) and learns eq. 7 with learned
+variance (the full bound, eq. 1). At inference the condition is the test scan itself:
+
+    z_0   = E(x) * s                              the scan's latent, scaled to unit variance
+    c_p   = Enc(z_0)                              (section 3: "the test image itself")
+    z_T   = q(z_{T_int} | z_0),  T_int = 250       the forward process (seeded)
+    z_0^T = ancestral DDPM steps T_int -> 0 with eps_theta(z_t, c_p, t) and Sigma_theta
+    x_0^T = D(z_0^T / s)                           the pseudo-healthy image
+    m     = cd(min over shifts |d| <= 2 of |x_0 - x_0^T(. + d)| * LPIPS(x_0, x_0^T))   (eq. 8)
+
+cd: a 5^3 median filter and the brain mask eroded 3 times (the paper erodes 6 times at about
+1 mm; the grid here is 2 mm). The LPIPS factor is a whole-image scalar from AlexNet features;
+the bundle records whether its backbone weights were present when it was calibrated
+(`lpips`), and the map is the residual alone where they were not (every report says which,
+through the bundle's `anomaly_maps`). The paper min-max normalises each map to [0, 1]; that
+is `minmax` here, off by default, because one healthy-calibrated threshold needs maps that
+compare across scans. `against_reconstruction` compares x_0^T with the autoencoder's own
+reconstruction D(E(x)) instead of x (as MAD-AD does), which cancels the first stage's error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..diffusion import GaussianDiffusion
+from ..diffusion.inpainting import reconstruct
+from ..models.weights import load_weights
+from ..networks.autoencoder import decode_image, encode_image, load_autoencoder
+from ..networks.conditioned_unet import ConditionedUNetConfig, EncoderConditionedNetwork
+from ..postprocessing import filtered_in_eroded_brain
+from ..progress import StepCallback
+from ..subject import UNKNOWN, Subject
+
+AUTOENCODER_FOLDER, NETWORK_FOLDER, WEIGHTS_STEM = "autoencoder", "network", "cond_ldm"
+
+
+@dataclass(frozen=True)
+class CondLDMSettings:
+    """Inference knobs with the paper's defaults (registry.COND_LDM_OPTIONS mirrors them)."""
+
+    t_int: int = 250  # the noise level the scan is encoded to
+    respacing: int = 1  # 1: every ancestral step (the paper); k: deterministic DDIM, k apart
+    max_shift: int = 2  # voxels each way of eq. 8's alignment
+    median_size: int = 5
+    erosion: int = 3
+    minmax: int = 0  # 1: min-max normalise each map to [0, 1] (the paper)
+    against_reconstruction: int = 0  # 1: compare with D(E(x)), not x
+    seed: int = 42
+    lpips: bool = False  # set by the bundle: AlexNet weights were present at calibration
+
+
+def shift_aligned_residual(image: np.ndarray, healthy: np.ndarray, max_shift: int
+                           ) -> np.ndarray:
+    """Eq. 8's alignment: per voxel, the smallest |image - healthy shifted by d| over the
+    shifts d with every component in [-max_shift, max_shift] (edges replicated)."""
+    if max_shift == 0:
+        return np.abs(image - healthy).astype(np.float32)
+    padded = np.pad(healthy.astype(np.float32), max_shift, mode="edge")
+    shape, best = image.shape, None
+    span = range(2 * max_shift + 1)
+    for dz in span:
+        for dy in span:
+            for dx in span:
+                moved = padded[dz:dz + shape[0], dy:dy + shape[1], dx:dx + shape[2]]
+                residual = np.abs(image - moved)
+                best = residual if best is None else np.minimum(best, residual, out=best)
+    return best.astype(np.float32)
+
+
+@dataclass
+class CondLDMModel:
+    """The frozen first stage, the conditioned network, their diffusion process and scale."""
+
+    autoencoder: torch.nn.Module
+    network: EncoderConditionedNetwork
+    diffusion: GaussianDiffusion
+    latent_scale: float
+    settings: CondLDMSettings
+    device: str = "cpu"
+
+    def to(self, device: str) -> CondLDMModel:
+        self.autoencoder.to(device)
+        self.network.to(device)
+        self.device = device
+        return self
+
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        return encode_image(self.autoencoder, image, self.latent_scale, self.device)
+
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        return decode_image(self.autoencoder, latent, self.latent_scale)
+
+    @torch.no_grad()
+    def healthy_latent(self, z0: torch.Tensor, on_step: StepCallback | None = None
+                       ) -> torch.Tensor:
+        """z_0^T: z_0 noised to T_int and denoised, conditioned on c_p = Enc(z_0)."""
+        code = self.network.encoder(z0)
+
+        def denoiser(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.network.unet(z, t, code.expand(len(z), -1))
+
+        return reconstruct(self.diffusion, denoiser, z0, [self.settings.t_int],
+                           self.settings.respacing, self.settings.seed, on_step)
+
+    def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
+                on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(eq. 8's map, the pseudo-healthy image); the subject's covariates are not used."""
+        brain = np.asarray(brain) > 0
+        z0 = self.encode(image)
+        healthy = self.decode(self.healthy_latent(z0, on_step)) * brain
+        reference = (self.decode(z0) * brain if self.settings.against_reconstruction
+                     else image)
+        residual = shift_aligned_residual(reference, healthy, self.settings.max_shift)
+        if self.settings.lpips:
+            residual = residual * perceptual_distance(reference, healthy, brain)
+        residual = filtered_in_eroded_brain(residual * brain, brain, self.settings.median_size,
+                                            self.settings.erosion)
+        if self.settings.minmax:
+            inside = residual[brain]
+            low, high = float(inside.min()), float(inside.max())
+            residual = (residual - low) / max(high - low, 1e-12) * brain
+        return residual.astype(np.float32), healthy.astype(np.float32)
+
+
+def perceptual_distance(image: np.ndarray, healthy: np.ndarray, brain: np.ndarray) -> float:
+    """LPIPS-AlexNet between the scan and its pseudo-healthy image (eq. 8's whole-image
+    factor), over the slices of the three axes that touch the brain."""
+    from ..evaluation.lpips import lpips_2p5d, lpips_model
+
+    return lpips_2p5d(image, healthy, lpips_model("alex"), brain)
+
+
+def load_cond_ldm(folder: str | Path, name: str = "cond_ldm", options: dict | None = None
+                  ) -> CondLDMModel:
+    """The registry's loader: the bundle's autoencoder/ and network/ (built from the configs
+    and diffusion process their manifests record), with the bundle's inference settings and
+    `options` over them."""
+    folder = Path(folder)
+    bundle = json.loads((folder / "manifest.json").read_text())
+    autoencoder, _ = load_autoencoder(folder / AUTOENCODER_FOLDER)
+    manifest = json.loads((folder / NETWORK_FOLDER / "manifest.json").read_text())
+    network = EncoderConditionedNetwork(ConditionedUNetConfig.from_dict(manifest["config"]))
+    network.load_state_dict(load_weights(folder / NETWORK_FOLDER, WEIGHTS_STEM))
+    settings = CondLDMSettings(**{**bundle.get("inference", {}), **(options or {})})
+    return CondLDMModel(autoencoder, network.eval(),
+                        GaussianDiffusion.from_dict(manifest["diffusion"]),
+                        float(manifest["latent_scale"]), settings)
