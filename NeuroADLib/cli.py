@@ -373,6 +373,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             verify_bundle(bundle)
             folder = bundle.folder
         methods[name] = load_method(name, folder, options.get(name)).to(device)
+        if args.map:
+            methods[name].calibration = methods[name].calibration.with_map(args.map)
     out = evaluate(methods, args.cases, args.out, show_progress=not args.quiet,
                    age_shift=args.age_shift)
     print((out / "summary.md").read_text())
@@ -712,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where torch methods run")
     p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
                    help="a method option, e.g. cadd.respacing=5")
+    p.add_argument("--map", choices=["raw", "normative"],
+                   help="evaluate this map of every method rather than the one its bundle "
+                        "outputs by default (benchmarks/normative_maps.py reads raw maps)")
     p.add_argument("--age-shift", type=float, default=0.0, metavar="YEARS",
                    help="give every case a wrong age, YEARS older below 50 and YEARS younger "
                         "from 50 on (the normative check: a wrong age should raise the "

@@ -59,13 +59,14 @@ class MemoryModel:
     cadd (respacing 10) on the demo 1090 MB; with 2 threads, on the demo and an IXI scan
     (where zscore peaks at 649 and 505 MB): mad_ad (default config) 1026 and 1017 MB, cddpm
     1154 and 1185 MB, thor 1384 and 1505 MB, autoddpm 1468 and 1492 MB
-    (benchmarks/method_cost.sh)."""
+    (benchmarks/method_cost.sh); with 1 thread, cond_ldm 1062 and 1067 MB."""
 
     base_mb: float = 500.0
     bytes_per_voxel: float = 200.0
     family_mb: dict = field(default_factory=lambda: {"zscore": 50.0, "cadd": 600.0,
                                                      "mad_ad": 550.0, "cddpm": 700.0,
-                                                     "ddpm": 1050.0, "sdm": 800.0})
+                                                     "ddpm": 1050.0, "sdm": 800.0,
+                                                     "cond_ldm": 600.0})
 
     def estimate_mb(self, voxels: int, methods: list[str]) -> float:
         families = [METHODS[m].family for m in methods if m in METHODS]

@@ -4,16 +4,19 @@
 # clinical-acquisition set, then its raw against its normative maps:
 #   METHOD=mad_ad BENCH=~/neuroad-cache/benchmarks RESULTS=results/mad_ad \
 #     [MODELS=folder-with-one-folder-per-method] [CLINICAL_CASES=10] [SYNTHETIC_SUBJECTS=10] \
-#     bash benchmarks/method_figures.sh
+#     [OPTIONS="cadd.against_reconstruction=1 ..."] bash benchmarks/method_figures.sh
 # BENCH is `neuroad make-benchmarks --acquisitions` output. CLINICAL_CASES limits the
 # clinical-acquisition cases (the demo always runs) and SYNTHETIC_SUBJECTS the synthetic set to
 # its first subjects (healthy and lesioned), for the slow methods; run zscore with the same
-# limits to compare. Every evaluation resumes from the maps it saved.
+# limits to compare. OPTIONS are method options for every evaluation. The evaluations save raw
+# maps (`--map raw`), from which normative_maps.py makes both. Every evaluation resumes from the
+# maps it saved.
 set -euo pipefail
 : "${METHOD:?}" "${BENCH:?}" "${RESULTS:?}"
 mkdir -p "$RESULTS"
-models=()
-[ -n "${MODELS:-}" ] && models=(--models "$MODELS")
+extra=()
+[ -n "${MODELS:-}" ] && extra=(--models "$MODELS")
+for option in ${OPTIONS:-}; do extra+=(--option "$option"); done
 clinical="$BENCH/clinical/cases.csv"
 if [ -n "${CLINICAL_CASES:-}" ]; then
     clinical="$BENCH/clinical/cases_$METHOD.csv"  # beside the cases: paths are relative
@@ -38,7 +41,7 @@ for set in synthetic real clinical; do
     [ "$set" = clinical ] && cases=$clinical
     [ "$set" = synthetic ] && cases=$synthetic
     echo "$(date +%T) $METHOD $set"
-    neuroad evaluate --methods "$METHOD" "${models[@]}" --cases "$cases" --device cpu --quiet \
+    neuroad evaluate --methods "$METHOD" "${extra[@]}" --cases "$cases" --device cpu --map raw --quiet \
         --out "$RESULTS/$set" > "$RESULTS/$set.log" 2>&1
 done
 python benchmarks/normative_maps.py --method "$METHOD=$RESULTS/synthetic" \

@@ -159,6 +159,7 @@ def train_cond_ldm(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.Path
     settings = CondLDMSettings(**{**asdict(training.inference), "lpips": lpips})
     (out / "manifest.json").write_text(json.dumps({"inference": asdict(settings)}))
     data.standard.save(out)
+    reference = "D(E(x))" if settings.against_reconstruction else "x"
     validated = calibrate_on_validation(load_cond_ldm(out).to(device), data.validation, out,
                                         "calibration_cond_ldm")
     record(f"cond_ldm: {validated.describe()}")
@@ -172,8 +173,9 @@ def train_cond_ldm(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.Path
         training=training, settings=settings, device=device, data=data, cohort=cohort,
         validated=validated, record=record,
         anomaly_maps={"cond_ldm": {
-            "formula": "median5(min over shifts |d| <= 2 of |x - x_hat(. + d)|) in the brain "
-                       "eroded 3 times (eq. 8)",
+            "formula": (f"median{settings.median_size}(min over shifts |d| <= "
+                        f"{settings.max_shift} of |{reference} - x_hat(. + d)|) in the brain "
+                        f"eroded {settings.erosion} times (eq. 8)"),
             "lpips": ("LPIPS-AlexNet whole-image factor applied" if lpips else
                       "not used: no AlexNet backbone weights were present when the bundle "
                       "was calibrated, so the map is the aligned residual alone")}})
