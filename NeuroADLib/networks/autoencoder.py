@@ -111,7 +111,7 @@ def decode_volume(autoencoder, z, window: int = WINDOW):
 
 
 def encode_image(autoencoder, image, scale: float = 1.0, device: str = "cpu"):
-    """The scaled latent (1, C, d, h, w) of a grid image (z, y, x) as numpy."""
+    """The scaled latent (1, C, d, h, w) of a grid image (z, y, x), a numpy array."""
     import torch
 
     x = torch.from_numpy(image[None, None].astype("float32")).to(device)

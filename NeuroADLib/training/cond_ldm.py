@@ -122,18 +122,17 @@ def train_cond_ldm(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.Path
     network = EncoderConditionedNetwork(config).to(device)
     diffusion = GaussianDiffusion()
     optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
-    healthy, lesioned = pairs.healthy.to(device), pairs.pathological.to(device)
+    pairs = pairs.to(device)
 
     def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
         n = training.batch_size
-        rows = torch.randint(len(healthy), (n,), generator=generator)
-        versions = torch.randint(lesioned.shape[1], (n,), generator=generator)
+        rows = torch.randint(len(pairs.healthy), (n,), generator=generator)
+        versions = torch.randint(pairs.pathological.shape[1], (n,), generator=generator)
         anomalous = torch.rand(n, generator=generator) < training.anomaly_fraction
         t = torch.randint(diffusion.num_timesteps, (n,), generator=generator)
-        noise = torch.randn((n, *healthy.shape[1:]), generator=generator).to(device)
+        noise = torch.randn((n, *pairs.healthy.shape[1:]), generator=generator).to(device)
         rows, versions, anomalous, t = (v.to(device) for v in (rows, versions, anomalous, t))
-        z0 = healthy[rows]
-        condition = torch.where(anomalous.reshape(-1, 1, 1, 1, 1), lesioned[rows, versions], z0)
+        z0, condition = pairs.batch(rows, versions, anomalous)
         zt = diffusion.q_sample(z0, t, noise)
         loss = hybrid_loss(diffusion, network(zt, t, condition), z0, zt, t, noise,
                            training.vlb_weight)

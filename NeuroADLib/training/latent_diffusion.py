@@ -22,7 +22,7 @@ import torch
 
 from ..diffusion import GaussianDiffusion, hybrid_loss
 from ..models.weights import save_weights
-from ..networks.autoencoder import encode_volume, load_autoencoder
+from ..networks.autoencoder import encode_image, load_autoencoder
 from ..networks.latte import LATTE_CONFIGS, TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
 from .data import load_split
 from .loop import LoopSettings, run_training
@@ -43,30 +43,35 @@ class LatentDiffusionTraining:
     seed: int = 0
 
 
-@torch.no_grad()
 def encode(autoencoder, images: list[np.ndarray], device: str = "cpu") -> torch.Tensor:
     """Latent means of whole grid volumes, stacked (N, C, D, H, W) on `device`."""
-    return torch.cat([encode_volume(
-        autoencoder, torch.from_numpy(image[None, None].astype(np.float32)).to(device))
-        for image in images])
+    return torch.cat([encode_image(autoencoder, image, device=device) for image in images])
+
+
+def cached_tensors(path: Path, key: dict, compute) -> dict[str, torch.Tensor]:
+    """The tensors kept at `path` when they were made from what `key` describes (the file's
+    metadata), else `compute()`d (a dict of tensors) and kept there: work a resumed run
+    skips."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    metadata = {name: str(value) for name, value in key.items()}
+    if path.is_file():
+        with safe_open(str(path), "pt") as handle:
+            if handle.metadata() == metadata:
+                return load_file(str(path))
+    tensors = {name: tensor.cpu().contiguous() for name, tensor in compute().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return tensors
 
 
 def cached_latents(path: Path, autoencoder_sha256: str, subjects: list[str], compute
                    ) -> torch.Tensor:
     """The training subjects' latents, encoded once and kept beside the checkpoint (keyed by
     the autoencoder's sha256 and the subjects), so a resumed run skips the encoding."""
-    from safetensors.torch import load_file, save_file
-
     key = {"autoencoder_sha256": autoencoder_sha256, "subjects": ",".join(subjects)}
-    if path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as handle:
-            if handle.metadata() == key:
-                return load_file(str(path))["latents"]
-    latents = compute().cpu().contiguous()
-    save_file({"latents": latents}, str(path), metadata=key)
-    return latents
+    return cached_tensors(path, key, lambda: {"latents": compute()})["latents"]
 
 
 def covariates_of(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..networks.autoencoder import encode_volume
+from ..networks.autoencoder import encode_image
 from ..synthesis.lesions import SynthesisConfig, synthesize
+from .latent_diffusion import cached_tensors
 
 PAIRS_FILE = "pairs.safetensors"
 
@@ -43,6 +44,9 @@ class PathologyPairs:
     def scaled(self, scale: float) -> PathologyPairs:
         return PathologyPairs(self.healthy * scale, self.pathological * scale)
 
+    def to(self, device: str) -> PathologyPairs:
+        return PathologyPairs(self.healthy.to(device), self.pathological.to(device))
+
     def batch(self, rows: torch.Tensor, versions: torch.Tensor, anomalous: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(targets, conditions) of `rows`: the condition is pseudo-pathological version
@@ -53,12 +57,6 @@ class PathologyPairs:
         return targets, torch.where(keep, lesioned, targets)
 
 
-def _encode(autoencoder, image: np.ndarray, device: str) -> torch.Tensor:
-    x = torch.from_numpy(image[None, None].astype(np.float32)).to(device)
-    with torch.no_grad():
-        return encode_volume(autoencoder, x)[0].cpu()
-
-
 def encode_pairs(autoencoder, images: list[np.ndarray], masks: list[np.ndarray],
                  settings: PairSettings, device: str = "cpu", log=print) -> PathologyPairs:
     """Encode every scan and `settings.versions` lesioned copies of it; copy k of scan i is
@@ -67,12 +65,12 @@ def encode_pairs(autoencoder, images: list[np.ndarray], masks: list[np.ndarray],
     healthy, pathological = [], []
     began = time.perf_counter()
     for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        healthy.append(_encode(autoencoder, image, device))
+        healthy.append(encode_image(autoencoder, image, device=device)[0].cpu())
         copies = []
         for version in range(settings.versions):
             seed = int(np.random.SeedSequence([settings.seed, index, version]).generate_state(1)[0])
             lesioned = synthesize(image, mask, seed, None, settings.synthesis).image
-            copies.append(_encode(autoencoder, lesioned, device))
+            copies.append(encode_image(autoencoder, lesioned, device=device)[0].cpu())
         pathological.append(torch.stack(copies))
         if (index + 1) % 10 == 0 or index + 1 == len(images):
             log(f"pairs: {index + 1}/{len(images)} scans encoded with {settings.versions} "
@@ -83,20 +81,12 @@ def encode_pairs(autoencoder, images: list[np.ndarray], masks: list[np.ndarray],
 def cached_pairs(path: Path, key: dict, compute) -> PathologyPairs:
     """The pairs kept at `path` when they were made from what `key` describes (the
     autoencoder's sha256, the scans, the pair settings), else `compute()`d and kept."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    def tensors() -> dict[str, torch.Tensor]:
+        pairs = compute()
+        return {"healthy": pairs.healthy, "pathological": pairs.pathological}
 
-    metadata = {name: str(value) for name, value in key.items()}
-    if path.is_file():
-        with safe_open(str(path), "pt") as handle:
-            if handle.metadata() == metadata:
-                tensors = load_file(str(path))
-                return PathologyPairs(tensors["healthy"], tensors["pathological"])
-    pairs = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"healthy": pairs.healthy.contiguous(),
-               "pathological": pairs.pathological.contiguous()}, str(path), metadata=metadata)
-    return pairs
+    kept = cached_tensors(path, key, tensors)
+    return PathologyPairs(kept["healthy"], kept["pathological"])
 
 
 def pairs_key(autoencoder_sha256: str, subjects: list[str], settings: PairSettings,
