@@ -90,6 +90,18 @@ SEED = _whole_number(0, 2**31 - 1)  # registration seeds are unsigned 32-bit, pl
 COUNT = _whole_number(1, 2**31 - 1)
 
 
+def EMA_DECAY(text: str) -> float:
+    """An argparse type: a moving-average decay in [0, 1), else a usage error saying so."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decay in [0, 1) (e.g. 0.999; 0 "
+                                         "keeps the last weights)")
+    return value
+
+
 def _threads(value: int | None) -> None:
     """ITK's thread count (all cores by default), and torch's when one is given."""
     import SimpleITK as sitk
@@ -216,8 +228,8 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
 
 
 def _slice_training(args: argparse.Namespace, training_class):
-    """A 2D trainer's settings: its named network size, with --steps and
-    --acquisition-copies where given."""
+    """A 2D trainer's settings: its named network size, with --steps,
+    --acquisition-copies and --ema-decay where given."""
     from dataclasses import replace
 
     training = training_class(config=args.config)
@@ -225,6 +237,8 @@ def _slice_training(args: argparse.Namespace, training_class):
         training = replace(training, steps=args.steps)
     if args.acquisition_copies is not None:
         training = replace(training, acquisition_copies=args.acquisition_copies)
+    if args.ema_decay is not None:
+        training = replace(training, ema_decay=args.ema_decay)
     return training
 
 
@@ -661,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
                                              "cddpm / ddpm / sdm / tdm / cond_ldm: training "
                                              "steps")
+    p.add_argument("--ema-decay", type=EMA_DECAY, metavar="D",
+                   help="cddpm / ddpm / sdm / tdm: decay of the moving average of the weights "
+                        "the bundle keeps (cddpm 0.999, the others 0: their last weights)")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

@@ -1,14 +1,15 @@
-"""The one training loop: resuming equals an uninterrupted run, and a resumed run's log holds
-the whole loss history."""
+"""The one training loop: resuming equals an uninterrupted run, a resumed run's log holds
+the whole loss history, and the moving average of the weights follows its closed form."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from NeuroADLib.training.loop import LoopSettings, run_training
 
 
-def _train(folder, steps):
+def _train(folder, steps, ema_decay=0.0, trajectory=None):
     torch.manual_seed(0)
     module = torch.nn.Linear(3, 1)
     optimiser = torch.optim.SGD(module.parameters(), lr=0.1)
@@ -19,11 +20,14 @@ def _train(folder, steps):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        if trajectory is not None:
+            trajectory.append(module.weight.detach().clone())
         return {"mse": loss.item()}
 
     lines = []
     history = run_training(folder, {"linear": module}, {"sgd": optimiser}, step,
-                           LoopSettings(steps, seed=1, checkpoint_every=2, log_every=1),
+                           LoopSettings(steps, seed=1, checkpoint_every=2, log_every=1,
+                                        ema_decay=ema_decay),
                            lines.append)
     return module, history, lines
 
@@ -38,3 +42,27 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_its_whole_history(tm
         line.split("  ")[0] + "  " + line.split("  ")[1] + "  (checkpoint)"
         for line in direct_lines[:4]]
     assert "resumed at step 4" in lines
+
+
+def test_the_moving_average_follows_its_closed_form_and_resumes_exactly(tmp_path):
+    trajectory = []
+    averaged, _, _ = _train(tmp_path / "direct", 6, ema_decay=0.9, trajectory=trajectory)
+    expected = trajectory[0]
+    for weight in trajectory[1:]:  # W_ema <- 0.9 W_ema + 0.1 W, starting from the first step
+        expected = 0.9 * expected + 0.1 * weight
+    assert torch.allclose(averaged.weight, expected, atol=1e-6)
+    assert not torch.allclose(averaged.weight, trajectory[-1], atol=1e-4)
+
+    _train(tmp_path / "parts", 4, ema_decay=0.9)
+    resumed, _, _ = _train(tmp_path / "parts", 6, ema_decay=0.9)
+    assert torch.equal(resumed.weight, averaged.weight)
+    last, _, _ = _train(tmp_path / "parts", 6)  # without the average: the raw last weights
+    assert torch.equal(last.weight, trajectory[-1])
+
+
+def test_a_run_without_an_average_cannot_be_resumed_with_one(tmp_path):
+    _train(tmp_path, 2)
+    with pytest.raises(FileNotFoundError, match="without ema_decay"):
+        _train(tmp_path, 4, ema_decay=0.9)
+    with pytest.raises(ValueError, match="ema_decay"):
+        _train(tmp_path / "bad", 2, ema_decay=1.0)

@@ -7,6 +7,11 @@ and optimiser states (tensor-only torch files, loaded with weights_only) every
 `checkpoint_every` steps and resumes from the last checkpoint (logging the loss history it
 holds again, so that the log of a resumed run is whole), so that a resumed run equals an
 uninterrupted one.
+
+With `ema_decay` > 0 the loop also keeps an exponential moving average of every module's
+weights (torch's `AveragedModel`, W_ema <- decay W_ema + (1 - decay) W after every step; the
+longitudinal report trains with 0.999, as diffusion models commonly do), checkpoints it beside
+the raw weights, and hands the averaged weights back in the modules when the run ends.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from .provenance import CHECKPOINT
 
+EMA_SUFFIX = ".ema.safetensors"
 StepFunction = Callable[[int, np.random.Generator, torch.Generator], dict[str, float]]
 
 
@@ -31,6 +37,7 @@ class LoopSettings:
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
+    ema_decay: float = 0.0  # 0: no moving average of the weights
 
 
 def step_seeds(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -45,11 +52,14 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
                  optimisers: dict[str, torch.optim.Optimizer], step: StepFunction,
                  settings: LoopSettings, log: Callable[[str], None] = print
                  ) -> list[dict[str, float]]:
-    """Train (or resume) in `folder`/checkpoint and return the per-step loss history."""
+    """Train (or resume) in `folder`/checkpoint and return the per-step loss history. With
+    `settings.ema_decay` the modules hold their moving-average weights on return (the raw
+    weights stay in the checkpoint)."""
     from safetensors.torch import load_file, save_file
 
     checkpoint = Path(folder) / CHECKPOINT
     checkpoint.mkdir(parents=True, exist_ok=True)
+    averages = _moving_averages(modules, settings.ema_decay)
     start, history = 0, []
     if (checkpoint / "state.json").is_file():
         state = json.loads((checkpoint / "state.json").read_text())
@@ -57,6 +67,9 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
             device = next(module.parameters()).device
             module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"),
                                              device=str(device)))
+        for name, average in averages.items():
+            _load_average(average, checkpoint / f"{name}{EMA_SUFFIX}", str(
+                next(modules[name].parameters()).device), state["step"])
         states = torch.load(checkpoint / "optimisers.pt", weights_only=True, map_location="cpu")
         for name, optimiser in optimisers.items():
             optimiser.load_state_dict(states[name])
@@ -69,6 +82,8 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
     for number in range(start, settings.steps):
         rng, generator = step_seeds(settings.seed, number)
         history.append({"step": number, **step(number, rng, generator)})
+        for name, average in averages.items():
+            average.update_parameters(modules[name])
         if (number + 1) % settings.log_every == 0:
             log(f"step {number + 1}/{settings.steps}  "
                 f"{_mean_losses(history[-settings.log_every:])}  "
@@ -76,11 +91,39 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
         if (number + 1) % settings.checkpoint_every == 0 or number + 1 == settings.steps:
             for name, module in modules.items():
                 save_file(module.state_dict(), str(checkpoint / f"{name}.safetensors"))
+            for name, average in averages.items():
+                save_file(average.module.state_dict(), str(checkpoint / f"{name}{EMA_SUFFIX}"))
             torch.save({name: o.state_dict() for name, o in optimisers.items()},
                        checkpoint / "optimisers.pt")
             (checkpoint / "state.json").write_text(json.dumps({"step": number + 1,
                                                                "history": history}))
+    for name, average in averages.items():
+        modules[name].load_state_dict(average.module.state_dict())
     return history
+
+
+def _moving_averages(modules: dict[str, torch.nn.Module], decay: float
+                     ) -> dict[str, torch.optim.swa_utils.AveragedModel]:
+    """An exponential moving average of each module's parameters (buffers follow the module)."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1); got {decay}")
+    if decay == 0.0:
+        return {}
+    average = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    return {name: torch.optim.swa_utils.AveragedModel(module, multi_avg_fn=average)
+            for name, module in modules.items()}
+
+
+def _load_average(average: torch.optim.swa_utils.AveragedModel, path: Path, device: str,
+                  steps: int) -> None:
+    """Restore a checkpointed moving average, which has averaged `steps` steps."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: this checkpoint was written without "
+                                "ema_decay; resume it with the settings it was started with")
+    average.module.load_state_dict(load_file(str(path), device=device))
+    average.n_averaged.fill_(steps)
 
 
 def _mean_losses(records: list[dict[str, float]]) -> str:

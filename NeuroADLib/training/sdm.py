@@ -12,8 +12,9 @@
 4. the bundle: both networks, the intensity standard, and the healthy calibrations of `sdm`
    (D_p) and `sdm_fam` (the FAM score) on the harmonised validation split.
 
-Not done as the report: its encoder is an ImageNet ResNet-50 and it keeps an EMA of the
-weights; here the encoder is cDDPM's small ResNet trained from scratch, without EMA.
+Not done as the report: its encoder is an ImageNet ResNet-50; here it is cDDPM's small ResNet
+trained from scratch. The report keeps an EMA of the weights (decay 0.999): `ema_decay` does,
+and is 0 by default because the shipped bundle was trained without it.
 """
 
 from __future__ import annotations

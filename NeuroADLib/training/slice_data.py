@@ -26,12 +26,14 @@ from .provenance import write_manifest
 @dataclass(frozen=True)
 class SliceTrainingRun:
     """The settings every 2D diffusion trainer shares: acquisition-augmented copies of each
-    training scan, checkpoint and log cadence (steps), and the seed of every draw."""
+    training scan, checkpoint and log cadence (steps), the seed of every draw, and the decay of
+    the weights' moving average that the bundle keeps (0: the last weights)."""
 
     acquisition_copies: int = 1
     checkpoint_every: int = 250
     log_every: int = 50
     seed: int = 0
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -209,5 +211,5 @@ def train_slice_diffusion(slices: SliceSet, out: Path, network: torch.nn.Module,
 
     run_training(out, {module_name: network}, {"adam": optimiser}, step,
                  LoopSettings(training.steps, training.seed, training.checkpoint_every,
-                              training.log_every), log)
+                              training.log_every, training.ema_decay), log)
     return network.eval()
