@@ -21,7 +21,7 @@ clinical="$BENCH/clinical/cases.csv"
 if [ -n "${CLINICAL_CASES:-}" ]; then
     clinical="$BENCH/clinical/cases_$METHOD.csv"  # beside the cases: paths are relative
     { head -n 1 "$BENCH/clinical/cases.csv"
-      grep ',clinical_acquisition,' "$BENCH/clinical/cases.csv" | head -n "$CLINICAL_CASES"
+      grep -m "$CLINICAL_CASES" ',clinical_acquisition,' "$BENCH/clinical/cases.csv"
       grep ',clinical_demo,' "$BENCH/clinical/cases.csv"; } > "$clinical"
 fi
 synthetic="$BENCH/synthetic/cases.csv"
