@@ -22,12 +22,13 @@ if [ -n "${CLINICAL_CASES:-}" ]; then
     clinical="$BENCH/clinical/cases_$METHOD.csv"  # beside the cases: paths are relative
     { head -n 1 "$BENCH/clinical/cases.csv"
       grep -m "$CLINICAL_CASES" ',clinical_acquisition,' "$BENCH/clinical/cases.csv"
-      grep ',clinical_demo,' "$BENCH/clinical/cases.csv"; } > "$clinical"
+      grep ',clinical_demo,' "$BENCH/clinical/cases.csv"; } > "$clinical.$$"
+    mv "$clinical.$$" "$clinical"  # whole, for a run beside it that reads the same file
 fi
 synthetic="$BENCH/synthetic/cases.csv"
 if [ -n "${SYNTHETIC_SUBJECTS:-}" ]; then
     synthetic="$BENCH/synthetic/cases_${SYNTHETIC_SUBJECTS}_subjects.csv"
-    python - "$BENCH/synthetic/cases.csv" "$SYNTHETIC_SUBJECTS" > "$synthetic" <<'PY'
+    python - "$BENCH/synthetic/cases.csv" "$SYNTHETIC_SUBJECTS" > "$synthetic.$$" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 subjects = list(dict.fromkeys(row["subject"] for row in rows))[:int(sys.argv[2])]
@@ -35,6 +36,7 @@ writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n
 writer.writeheader()
 writer.writerows(row for row in rows if row["subject"] in subjects)
 PY
+    mv "$synthetic.$$" "$synthetic"
 fi
 for set in synthetic real clinical; do
     cases="$BENCH/$set/cases.csv"
