@@ -677,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "steps")
     p.add_argument("--ema-decay", type=EMA_DECAY, metavar="D",
                    help="cddpm / ddpm / sdm / tdm: decay of the moving average of the weights "
-                        "the bundle keeps (cddpm 0.999, the others 0: their last weights)")
+                        "the bundle keeps (default 0: the last weights; 0.999 for long runs)")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

@@ -51,7 +51,6 @@ class CDDPMTraining(SliceTrainingRun):
     batch_size: int = 16  # 32 in the paper
     learning_rate: float = 2e-4  # Adam; the paper's 1e-5 over 1600 epochs is for a GPU
     noise: str = "simplex"  # "gaussian" as an ablation
-    ema_decay: float = 0.999  # the bundle keeps the weights' moving average
     inference: CDDPMSettings = CDDPMSettings()  # what the bundle is calibrated and run with
 
 
