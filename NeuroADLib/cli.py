@@ -243,9 +243,15 @@ def _slice_training(args: argparse.Namespace, training_class):
 
 
 def _train_cddpm(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
     from .training.cddpm import CDDPMTraining, train_cddpm
 
-    train_cddpm(args.cohort, args.out, _slice_training(args, CDDPMTraining), device)
+    training = _slice_training(args, CDDPMTraining)
+    if args.pretrain_steps:
+        training = replace(training, pretraining=replace(training.pretraining,
+                                                         steps=args.pretrain_steps))
+    train_cddpm(args.cohort, args.out, training, device)
 
 
 def _train_ddpm(args: argparse.Namespace, device: str | None) -> None:
@@ -678,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=EMA_DECAY, metavar="D",
                    help="cddpm / ddpm / sdm / tdm: decay of the moving average of the weights "
                         "the bundle keeps (default 0: the last weights; 0.999 for long runs)")
+    p.add_argument("--pretrain-steps", type=COUNT,
+                   help="cddpm: steps of masked-modelling pre-training of its encoder (SparK, "
+                        "mask ratio 0.65) before the diffusion training (default: none)")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

@@ -8,8 +8,9 @@
 3. the bundle: the network, the intensity standard, and the healthy calibration on the
    harmonised validation split.
 
-The paper pre-trains F_enc by masked image modelling (SparK, mask ratio 0.65) as an option;
-this trainer trains it from scratch, end to end, as the paper's main configuration does.
+The paper pre-trains F_enc by masked image modelling (SparK, mask ratio 0.65) as an option:
+`pretraining.steps` > 0 runs it first (training/masked_pretraining.py) on the same slice pool;
+by default F_enc trains from scratch, end to end, as the paper's main configuration does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..methods.cddpm import (
     to_network,
 )
 from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, EncoderConditionedNetwork
+from .masked_pretraining import MaskedPretraining, pretrain_encoder
 from .provenance import save_network
 from .slice_data import (
     SliceSet,
@@ -52,6 +54,7 @@ class CDDPMTraining(SliceTrainingRun):
     learning_rate: float = 2e-4  # Adam; the paper's 1e-5 over 1600 epochs is for a GPU
     noise: str = "simplex"  # "gaussian" as an ablation
     inference: CDDPMSettings = CDDPMSettings()  # what the bundle is calibrated and run with
+    pretraining: MaskedPretraining = MaskedPretraining()  # F_enc by masked modelling; 0 steps
 
 
 def cddpm_loss(network: EncoderConditionedNetwork, process: DiffusionProcess, x0: torch.Tensor,
@@ -67,6 +70,16 @@ def train_network(slices: SliceSet, out: Path, training: CDDPMTraining, device: 
                   log=print) -> EncoderConditionedNetwork:
     torch.manual_seed(training.seed)
     network = EncoderConditionedNetwork(CONDITIONED_UNET_CONFIGS[training.config]).to(device)
+    if training.pretraining.steps:
+        def draw(size: int, rng) -> torch.Tensor:
+            x0, _ = slices.batch(rng.integers(len(slices.pairs), size=size),
+                                 rng.random(size) < 0.5)
+            return to_network(x0)
+
+        log(f"pre-training F_enc by masked modelling ({training.pretraining.steps} steps)")
+        pretrain_encoder(network.encoder, draw, slices.images[0].shape[1:], out / "pretraining",
+                         training.pretraining, training.seed, training.checkpoint_every,
+                         training.log_every, device, log)
     return train_slice_diffusion(slices, out, network, DiffusionProcess(cddpm_diffusion()),
                                  cddpm_loss, forward_noise, training, device, ("cddpm", "l1"),
                                  log)
