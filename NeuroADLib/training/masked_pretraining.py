@@ -1,19 +1,20 @@
 """Masked image modelling pre-training of a ResNet encoder, after SparK (Tian et al., ICLR
-2023), as cDDPM optionally pre-trains its F_enc (Behrendt et al. 2023, section 3.2: mask ratio
-0.65).
+2023), as cDDPM optionally pre-trains its F_enc (Behrendt et al. 2023, section 3.3, on the
+same healthy training set, mask-out ratio 65% in section 4.4; the decoder is then discarded and
+F_enc fine-tuned with the denoising UNet).
 
     patches of side P, the encoder's total downsampling (16 for MONAI's ResNet with max-pool);
     M ~ a random mask hiding round(ratio x patches) of them
     features = Enc_sparse(x * M)        every convolution, pooling and batch norm sees only the
-                                        visible patches (SparK section 3.1: the masked image as
-                                        a sparse point set, emulated densely: outputs zeroed at
-                                        masked positions, batch-norm statistics over visible
-                                        positions only)
+                                        visible patches (SparK's masked image as a sparse point
+                                        set, emulated densely: outputs zeroed at masked
+                                        positions, batch-norm statistics over visible positions
+                                        only)
     dense_i  = features_i where visible, the learned mask token m_i where masked (densifying)
     x_hat    = Dec(dense_1..4)          a light hierarchical decoder, deepest scale upwards,
-                                        each scale added on the way (SparK section 3.2)
+                                        each scale added on the way
     loss     = mean over the masked patches of |x_hat - norm(x)|^2, norm(x) each patch of x
-               standardised by its own mean and variance (SparK section 3.3, after MAE)
+               standardised by its own mean and variance (as SparK, after MAE)
 
 After pre-training the encoder's weights are plain ResNet weights (the sparse wrappers are
 removed), loaded into cDDPM's encoder before its diffusion training starts.
@@ -81,6 +82,8 @@ class SparseBatchNorm(nn.Module):
 
     def __init__(self, norm: nn.BatchNorm2d, active: ActiveMask) -> None:
         super().__init__()
+        if norm.momentum is None:
+            raise ValueError("sparse batch norm needs a running-average momentum")
         self.layer, self.active = norm, active
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +91,7 @@ class SparseBatchNorm(nn.Module):
         visible = self.active.at(x)[:, 0]
         channels_last = x.permute(0, 2, 3, 1)
         normalised = F.batch_norm(channels_last[visible], norm.running_mean, norm.running_var,
-                                  norm.weight, norm.bias, norm.training, norm.momentum or 0.0,
+                                  norm.weight, norm.bias, norm.training, norm.momentum,
                                   norm.eps)
         out = torch.zeros_like(channels_last)
         out[visible] = normalised
