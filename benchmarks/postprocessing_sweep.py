@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from normative_maps import load_maps
 
 from NeuroADLib.evaluation import metrics
 from NeuroADLib.evaluation.harness import CaseVolumes
 from NeuroADLib.methods.base import HEALTHY_FPR
 from NeuroADLib.postprocessing import healthy_calibrated_threshold
-from NeuroADLib.postprocessing.filters import erode_brain_mask, gaussian_smooth, median_filter
+from NeuroADLib.postprocessing.filters import filtered_in_eroded_brain, gaussian_smooth
 
 
 @dataclass(frozen=True)
@@ -54,41 +55,60 @@ class PostProcessing:
         return f"{smoothing}, erosion {self.erosion}"
 
     def apply(self, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-        if self.median > 1:
-            volume = median_filter(volume, self.median)
         if self.sigma > 0:
             volume = gaussian_smooth(volume, self.sigma)
-        return (volume * erode_brain_mask(brain, self.erosion)).astype(np.float32)
+        return filtered_in_eroded_brain(volume, brain, self.median, self.erosion)
 
 
-def lesion_groups(volumes: CaseVolumes, small: int) -> dict[str, str]:
+@dataclass
+class Benchmark:
+    """The set's cases and their grid volumes, read once: every healthy and lesioned case's
+    image and brain mask, every lesioned case's lesion mask, the healthy case of each subject."""
+
+    lesioned: list[dict]
+    healthy: dict[str, dict]  # subject -> its healthy case
+    images: dict[str, np.ndarray]
+    brains: dict[str, np.ndarray]
+    lesions: dict[str, np.ndarray]
+
+    @classmethod
+    def read(cls, manifest: str) -> Benchmark:
+        volumes = CaseVolumes(manifest)
+        cases = [c for c in volumes.cases if c["kind"] in ("healthy", "synthetic")]
+        return cls([c for c in cases if c["kind"] == "synthetic"],
+                   {c["subject"]: c for c in cases if c["kind"] == "healthy"},
+                   {c["case"]: volumes.read(c, "image") for c in cases},
+                   {c["case"]: volumes.read(c, "brain_mask") for c in cases},
+                   {c["case"]: volumes.read(c, "lesion_mask") for c in cases
+                    if c["kind"] == "synthetic"})
+
+    def cases(self) -> list[dict]:
+        return [*self.healthy.values(), *self.lesioned]
+
+    def change(self, case: dict) -> np.ndarray:
+        """x_lesioned - x_healthy inside the lesion."""
+        original = self.healthy[case["subject"]]["case"]
+        return (self.images[case["case"]] - self.images[original])[self.lesions[case["case"]]]
+
+
+def lesion_groups(bench: Benchmark, small: int) -> dict[str, str]:
     """Each lesioned case's group: small/large (lesion voxels below `small`) and hypo/hyper
     (mean signed change against the same subject's healthy scan)."""
-    healthy = {c["subject"]: volumes.read(c, "image") for c in volumes.cases
-               if c["kind"] == "healthy"}
-    groups = {}
-    for case in (c for c in volumes.cases if c["kind"] == "synthetic"):
-        lesion = volumes.read(case, "lesion_mask")
-        change = float((volumes.read(case, "image") - healthy[case["subject"]])[lesion].mean())
-        size = "small" if lesion.sum() < small else "large"
-        groups[case["case"]] = f"{size}, {'hyper' if change > 0 else 'hypo'}"
-    return groups
+    return {case["case"]: f"{'small' if bench.lesions[case['case']].sum() < small else 'large'}, "
+                          f"{'hyper' if bench.change(case).mean() > 0 else 'hypo'}"
+            for case in bench.lesioned}
 
 
-def score(maps: dict[str, np.ndarray], volumes: CaseVolumes, groups: dict[str, str]) -> dict:
+def score(maps: dict[str, np.ndarray], bench: Benchmark, groups: dict[str, str]) -> dict:
     """Mean AP / AUROC / max Dice over the lesioned cases (all and per group), and the share of
-    healthy brain and of lesion voxels above the 1% healthy threshold."""
-    brains = {c["subject"]: volumes.read(c, "brain_mask") for c in volumes.cases
-              if c["kind"] == "healthy"}
-    healthy = [(maps[c["case"]], brains[c["subject"]]) for c in volumes.cases
-               if c["kind"] == "healthy" and c["case"] in maps]
-    threshold = healthy_calibrated_threshold([m for m, _ in healthy], [b for _, b in healthy],
-                                             HEALTHY_FPR)
+    lesion voxels above the 1% healthy threshold."""
+    healthy = [c["case"] for c in bench.healthy.values() if c["case"] in maps]
+    threshold = healthy_calibrated_threshold([maps[c] for c in healthy],
+                                             [bench.brains[c] for c in healthy], HEALTHY_FPR)
     rows = []
-    for case in (c for c in volumes.cases if c["kind"] == "synthetic" and c["case"] in maps):
-        anomaly, brain = maps[case["case"]], brains[case["subject"]]
-        lesion = volumes.read(case, "lesion_mask")
-        rows.append({"group": groups[case["case"]],
+    for case in (c["case"] for c in bench.lesioned if c["case"] in maps):
+        anomaly, brain, lesion = maps[case], bench.brains[case], bench.lesions[case]
+        rows.append({"group": groups[case],
                      "ap": metrics.average_precision(anomaly, lesion, brain),
                      "auroc": metrics.voxel_auroc(anomaly, lesion, brain),
                      "max_dice": metrics.max_dice(anomaly, lesion, brain)[0],
@@ -102,25 +122,18 @@ def score(maps: dict[str, np.ndarray], volumes: CaseVolumes, groups: dict[str, s
     return figures
 
 
-def removal_by_group(raw: dict[str, np.ndarray], volumes: CaseVolumes,
+def removal_by_group(raw: dict[str, np.ndarray], bench: Benchmark,
                      groups: dict[str, str]) -> dict[str, float]:
     """Mean over each group of (mean residual in the lesion - the same on the subject's healthy
     scan) / mean |x_lesioned - x_healthy| in the lesion."""
-    healthy = {c["subject"]: c for c in volumes.cases if c["kind"] == "healthy"}
     shares: dict[str, list[float]] = {}
-    for case in (c for c in volumes.cases if c["kind"] == "synthetic" and c["case"] in raw):
-        original = healthy[case["subject"]]
-        lesion = volumes.read(case, "lesion_mask")
-        change = np.abs(volumes.read(case, "image") - volumes.read(original, "image"))[lesion]
-        excess = raw[case["case"]][lesion].mean() - raw[original["case"]][lesion].mean()
-        shares.setdefault(groups[case["case"]], []).append(float(excess / change.mean()))
+    for case in (c for c in bench.lesioned if c["case"] in raw):
+        lesion = bench.lesions[case["case"]]
+        original = bench.healthy[case["subject"]]["case"]
+        excess = raw[case["case"]][lesion].mean() - raw[original][lesion].mean()
+        shares.setdefault(groups[case["case"]], []).append(
+            float(excess / np.abs(bench.change(case)).mean()))
     return {group: float(np.mean(values)) for group, values in sorted(shares.items())}
-
-
-def load_maps(results: Path, method: str, volumes: CaseVolumes) -> dict[str, np.ndarray]:
-    folder = results / "maps" / method
-    return {c["case"]: np.load(folder / f"{c['case']}.npy").astype(np.float32)
-            for c in volumes.cases if (folder / f"{c['case']}.npy").is_file()}
 
 
 def main() -> None:
@@ -137,25 +150,24 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    volumes = CaseVolumes(args.cases)
-    groups = lesion_groups(volumes, args.small)
-    brains = {c["case"]: volumes.read(c, "brain_mask") for c in volumes.cases}
-    raw = load_maps(args.results, args.method, volumes)
+    bench = Benchmark.read(args.cases)
+    groups = lesion_groups(bench, args.small)
+    raw = load_maps(args.results, args.method, bench.cases())
     table = {}
     for variant in args.variant:
-        maps = {case: variant.apply(m, brains[case]) for case, m in raw.items()}
-        table[f"{args.method} ({variant.name()})"] = score(maps, volumes, groups)
+        maps = {case: variant.apply(m, bench.brains[case]) for case, m in raw.items()}
+        table[f"{args.method} ({variant.name()})"] = score(maps, bench, groups)
     for reference in args.reference:
         name, folder = reference.split("=", 1)
-        table[f"{name} (as saved)"] = score(load_maps(Path(folder), name, volumes), volumes,
-                                            groups)
+        table[f"{name} (as saved)"] = score(load_maps(Path(folder), name, bench.cases()),
+                                            bench, groups)
     columns = list(next(iter(table.values())))
     print("| map | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for name, figures in table.items():
         print(f"| {name} | " + " | ".join(f"{figures[c]:.3f}" if isinstance(figures[c], float)
                                          else str(figures[c]) for c in columns) + " |")
-    removal = removal_by_group(raw, volumes, groups)
+    removal = removal_by_group(raw, bench, groups)
     print("\n| lesion undone (unfiltered) | " + " | ".join(removal) + " |")
     print("|---" * (len(removal) + 1) + "|")
     print(f"| {args.method} | " + " | ".join(f"{v:.2f}" for v in removal.values()) + " |")
