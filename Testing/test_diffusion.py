@@ -78,3 +78,38 @@ def test_hybrid_loss_trains_the_variance_only_through_the_vlb(diffusion):
     eps_grad, v_grad = output.grad.chunk(2, dim=1)
     assert eps_grad.abs().max().item() < 1e-7  # perfect eps: no MSE gradient, VLB stopped
     assert v_grad.abs().max().item() > 0
+
+
+def test_a_respaced_step_of_one_level_is_the_ancestral_step(diffusion):
+    g = torch.Generator().manual_seed(2)
+    zt, eps, noise = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
+    v = torch.rand(2, 3, 4, 4, generator=g) * 2 - 1
+    output = torch.cat([eps, v], dim=1)
+    for t in (1, 300, 999):
+        expected = diffusion.p_sample(output, zt, torch.tensor([t, t]), noise)
+        got = diffusion.p_sample_respaced(output, zt, t, t - 1, noise)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # the last step lands on the clean estimate, without noise
+    z0 = diffusion.predict_z0(zt, torch.tensor([40, 40]), eps)
+    torch.testing.assert_close(diffusion.p_sample_respaced(output, zt, 40, -1, noise), z0,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_a_respaced_step_samples_the_true_posterior_between_its_levels(diffusion):
+    """With the true noise and v = -1 (beta~), a jump t -> s samples q(z_s | z_t, z_0): the
+    Gaussian conditional of the forward marginals z_s = a_s z_0 + sigma_s e1 and
+    z_t = r z_s + sqrt(1 - r^2) e2, r^2 = abar_t / abar_s."""
+    t, s = 499, 249
+    z0, noise = torch.randn(1, 1, 6, 6), torch.randn(1, 1, 6, 6)
+    zt = diffusion.q_sample(z0, torch.tensor([t]), noise)
+    output = torch.cat([noise, -torch.ones_like(noise)], dim=1)
+    mean = diffusion.p_sample_respaced(output, zt, t, s, torch.zeros_like(z0))
+    spread = diffusion.p_sample_respaced(output, zt, t, s, torch.ones_like(z0)) - mean
+    abar_t, abar_s = diffusion.alphas_cumprod[t], diffusion.alphas_cumprod[s]
+    r2 = abar_t / abar_s
+    covariance = r2.sqrt() * (1 - abar_s)  # Cov(z_s, z_t | z_0)
+    expected_mean = abar_s.sqrt() * z0 + covariance / (1 - abar_t) * (zt - abar_t.sqrt() * z0)
+    expected_variance = (1 - abar_s) - covariance**2 / (1 - abar_t)
+    torch.testing.assert_close(mean, expected_mean.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(spread**2, torch.full_like(spread, expected_variance.item()),
+                               atol=1e-5, rtol=1e-4)

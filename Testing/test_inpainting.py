@@ -13,6 +13,7 @@ from NeuroADLib.diffusion.inpainting import (  # noqa: E402
     inpainting_masks,
     kl_guided_inpainting,
     noised_latents,
+    reconstruct,
 )
 from NeuroADLib.networks.latte import LATTE_CONFIGS, LatteTransformer  # noqa: E402
 
@@ -90,6 +91,35 @@ def test_batched_chains_equal_separate_chains():
     first = denoise_chains(DIFFUSION, model, zu[:1], [50], respacing=10, seed=7)
     second = denoise_chains(DIFFUSION, model, zu[1:], [100], respacing=10, seed=7)
     torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ancestral", [True, False])
+def test_respaced_chains_of_a_perfect_denoiser_return_the_input(ancestral):
+    z0 = torch.randn(1, 3, 4, 5, 4, generator=torch.Generator().manual_seed(6))
+    result = reconstruct(DIFFUSION, oracle(z0), z0, [200], respacing=10, seed=3,
+                         ancestral=ancestral)
+    torch.testing.assert_close(result, z0, atol=1e-4, rtol=1e-4)
+
+
+def test_respaced_ancestral_chains_draw_seeded_noise_and_ddim_none():
+    z0 = torch.randn(1, 3, 4, 5, 4, generator=torch.Generator().manual_seed(6))
+
+    def shrinking(z, t):  # a denoiser that knows nothing of z0: the path taken matters
+        return torch.cat([0.5 * z, torch.zeros_like(z)], dim=1)
+
+    def chain(ancestral, seed):
+        return reconstruct(DIFFUSION, shrinking, z0, [200], respacing=10, seed=seed,
+                           ancestral=ancestral)
+
+    torch.testing.assert_close(chain(True, 3), chain(True, 3))
+    assert not torch.allclose(chain(True, 3), chain(False, 3))
+    # DDIM draws only the forward noise: the chain's own seed (seed + 1) does not enter it
+    zu, _ = noised_latents(DIFFUSION, z0, [200], seed=3)
+    ddim = denoise_chains(DIFFUSION, shrinking, zu, [200], 10, seed=99, ancestral=False)
+    torch.testing.assert_close(ddim, chain(False, 3))
+    assert not torch.allclose(
+        denoise_chains(DIFFUSION, shrinking, zu, [200], 10, seed=99, ancestral=True),
+        chain(True, 3))
 
 
 def test_registry_options_are_the_inpainting_defaults():

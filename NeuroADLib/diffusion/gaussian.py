@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .process import DiffusionConfig, DiffusionProcess
+
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), element-wise (nats)."""
@@ -70,6 +72,9 @@ class GaussianDiffusion:
         self.posterior_mean_coef_z0 = betas * torch.sqrt(previous) / (1.0 - alphas_cumprod)
         self.posterior_mean_coef_zt = (1.0 - previous) * torch.sqrt(1.0 - betas) / (
             1.0 - alphas_cumprod)
+        self._process = DiffusionProcess(DiffusionConfig(
+            num_timesteps=self.num_timesteps, schedule="linear", beta_start=self.beta_start,
+            beta_end=self.beta_end))
 
     def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (forward process, closed form)."""
@@ -102,6 +107,16 @@ class GaussianDiffusion:
         mean, log_variance = self.p_mean_variance(model_output, zt, t)
         nonzero = (t != 0).float().reshape(-1, *([1] * (zt.dim() - 1)))
         return mean + nonzero * torch.exp(0.5 * log_variance) * noise
+
+    def p_sample_respaced(self, model_output: torch.Tensor, zt: torch.Tensor, t: int,
+                          t_prev: int, noise: torch.Tensor) -> torch.Tensor:
+        """One ancestral step between two levels of a respaced chain, z_t -> z_{t_prev}
+        (t_prev = -1: the clean latent, no noise), as improved DDPM samples with fewer steps
+        (Nichol & Dhariwal 2021, section 4): beta = 1 - abar_t / abar_prev, and the learned
+        range spans that beta and its beta~. With t_prev = t - 1 it is `p_sample`."""
+        eps, v = model_output.chunk(2, dim=1)
+        z0 = self.predict_z0(zt, torch.full((len(zt),), t, device=zt.device), eps)
+        return self._process.ddpm_step(z0, zt, t, t_prev, noise, "learned_range", v)
 
     def voxel_kl(self, model_output: torch.Tensor, z0: torch.Tensor, zt: torch.Tensor,
                  t: torch.Tensor) -> torch.Tensor:

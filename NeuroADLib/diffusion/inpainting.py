@@ -10,8 +10,8 @@ The result is the average of z^_0^U over U (decoded by the caller).
 
 Beyond the paper (measured in benchmarks): the chains are independent, so they run as one
 batch (chain k joins when the countdown reaches its U); and `respacing` replaces each
-ancestral chain by a deterministic DDIM chain on every `respacing`-th step, cutting network
-evaluations by that factor.
+ancestral chain by a chain on every `respacing`-th step, cutting network evaluations by that
+factor: deterministic DDIM for CADD, respaced ancestral steps where a caller asks for them.
 """
 
 from __future__ import annotations
@@ -81,9 +81,14 @@ def inpainting_masks(kl: torch.Tensor, cohort_percentile: torch.Tensor | None,
 
 def denoise_chains(diffusion: GaussianDiffusion, model: Denoiser, zu: torch.Tensor,
                    levels: list[int], respacing: int, seed: int,
-                   on_step: StepCallback | None = None) -> torch.Tensor:
+                   on_step: StepCallback | None = None, ancestral: bool | None = None
+                   ) -> torch.Tensor:
     """Run every chain from its z_U to z_0 in one batch; chain k joins when the countdown of
-    timestep indices reaches U_k - 1."""
+    timestep indices reaches U_k - 1. `ancestral`: DDPM steps (respaced as in improved DDPM
+    when `respacing` > 1), or deterministic DDIM steps when False; None, CADD's rule:
+    ancestral on the full chain, DDIM when respaced."""
+    if ancestral is None:
+        ancestral = respacing == 1
     generator = torch.Generator().manual_seed(seed + 1)
     z = zu.clone()
     start = torch.tensor(levels, device=zu.device) - 1
@@ -92,12 +97,16 @@ def denoise_chains(diffusion: GaussianDiffusion, model: Denoiser, zu: torch.Tens
         active = start >= index
         t = torch.full((int(active.sum()),), index, device=zu.device)
         output = model(z[active], t)
-        if respacing == 1:
-            noise = torch.randn(z[active].shape, generator=generator).to(z)
-            z[active] = diffusion.p_sample(output, z[active], t, noise)
-        else:
-            following = schedule[position + 1] if position + 1 < len(schedule) else -1
+        following = schedule[position + 1] if position + 1 < len(schedule) else -1
+        if not ancestral:
             z[active] = _ddim_step(diffusion, output, z[active], t, following)
+        else:
+            noise = torch.randn(z[active].shape, generator=generator).to(z)
+            if respacing == 1:
+                z[active] = diffusion.p_sample(output, z[active], t, noise)
+            else:
+                z[active] = diffusion.p_sample_respaced(output, z[active], index, following,
+                                                        noise)
         if on_step is not None:
             on_step(position + 1, len(schedule))
     return z
@@ -133,9 +142,10 @@ def kl_guided_inpainting(diffusion: GaussianDiffusion, model: Denoiser, z0: torc
 
 def reconstruct(diffusion: GaussianDiffusion, model: Denoiser, z0: torch.Tensor,
                 levels: list[int], respacing: int, seed: int,
-                on_step: StepCallback | None = None) -> torch.Tensor:
+                on_step: StepCallback | None = None, ancestral: bool | None = None
+                ) -> torch.Tensor:
     """The LDM baselines: denoise from each level without inpainting and average
-    (one level: LDM; several: LDM T_avg)."""
+    (one level: LDM; several: LDM T_avg). `ancestral` as in `denoise_chains`."""
     zu, _ = noised_latents(diffusion, z0, levels, seed)
-    return denoise_chains(diffusion, model, zu, levels, respacing, seed, on_step).mean(
-        0, keepdim=True)
+    return denoise_chains(diffusion, model, zu, levels, respacing, seed, on_step,
+                          ancestral).mean(0, keepdim=True)

@@ -11,6 +11,7 @@ variance (the full bound, eq. 1). At inference the condition is the test scan it
     c_p   = Enc(z_0)                              (section 3: "the test image itself")
     z_T   = q(z_{T_int} | z_0),  T_int = 250       the forward process (seeded)
     z_0^T = ancestral DDPM steps T_int -> 0 with eps_theta(z_t, c_p, t) and Sigma_theta
+            (`respacing` k: every k-th level, improved DDPM's respacing; `ancestral` 0: DDIM)
     x_0^T = D(z_0^T / s)                           the pseudo-healthy image
     m     = cd(min over shifts |d| <= 2 of |r - x_0^T(. + d)| * LPIPS(r, x_0^T))      (eq. 8)
             r = D(E(x)) by default; r = x_0 in the paper (`against_reconstruction` 0)
@@ -53,7 +54,8 @@ class CondLDMSettings:
     """Inference knobs with the paper's defaults (registry.COND_LDM_OPTIONS mirrors them)."""
 
     t_int: int = 250  # the noise level the scan is encoded to
-    respacing: int = 1  # 1: every ancestral step (the paper); k: deterministic DDIM, k apart
+    respacing: int = 1  # 1: every step of the chain (the paper); k: every k-th
+    ancestral: int = 1  # 1: ancestral DDPM steps (respaced when k > 1); 0: deterministic DDIM
     max_shift: int = 2  # voxels each way of eq. 8's alignment
     median_size: int = 5
     erosion: int = 3
@@ -114,7 +116,8 @@ class CondLDMModel:
             return self.network.unet(z, t, code.expand(len(z), -1))
 
         return reconstruct(self.diffusion, denoiser, z0, [self.settings.t_int],
-                           self.settings.respacing, self.settings.seed, on_step)
+                           self.settings.respacing, self.settings.seed, on_step,
+                           ancestral=bool(self.settings.ancestral))
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
