@@ -152,6 +152,11 @@ def test_inference_is_reproducible_and_the_options_change_the_map(tiny):
     against = load_cond_ldm(bundle, options={"against_reconstruction": 0}).predict(image, brain)
     np.testing.assert_array_equal(against[1], first[1])  # the same pseudo-healthy image
     assert not np.array_equal(against[0], first[0])  # the paper's map, against x
+    for options in ({"samples": 2}, {"ancestral": 0}):  # the tiny bundle runs respaced chains
+        other = load_cond_ldm(bundle, options=options).predict(image, brain)
+        np.testing.assert_array_equal(
+            other[1], load_cond_ldm(bundle, options=options).predict(image, brain)[1])
+        assert not np.array_equal(other[1], first[1]), options
 
 
 def test_resumed_training_equals_uninterrupted_training(tiny, tmp_path):

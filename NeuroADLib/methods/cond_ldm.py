@@ -11,7 +11,8 @@ variance (the full bound, eq. 1). At inference the condition is the test scan it
     c_p   = Enc(z_0)                              (section 3: "the test image itself")
     z_T   = q(z_{T_int} | z_0),  T_int = 250       the forward process (seeded)
     z_0^T = ancestral DDPM steps T_int -> 0 with eps_theta(z_t, c_p, t) and Sigma_theta
-            (`respacing` k: every k-th level, improved DDPM's respacing; `ancestral` 0: DDIM)
+            (`respacing` k: every k-th level, improved DDPM's respacing; `ancestral` 0: DDIM;
+            `samples` n: n chains from independent noise, their z_0^T averaged)
     x_0^T = D(z_0^T / s)                           the pseudo-healthy image
     m     = cd(min over shifts |d| <= 2 of |r - x_0^T(. + d)| * LPIPS(r, x_0^T))      (eq. 8)
             r = D(E(x)) by default; r = x_0 in the paper (`against_reconstruction` 0)
@@ -56,6 +57,7 @@ class CondLDMSettings:
     t_int: int = 250  # the noise level the scan is encoded to
     respacing: int = 1  # 1: every step of the chain (the paper); k: every k-th
     ancestral: int = 1  # 1: ancestral DDPM steps (respaced when k > 1); 0: deterministic DDIM
+    samples: int = 1  # chains from independent noise, their latents averaged (1: the paper)
     max_shift: int = 2  # voxels each way of eq. 8's alignment
     median_size: int = 5
     erosion: int = 3
@@ -115,7 +117,8 @@ class CondLDMModel:
         def denoiser(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.network.unet(z, t, code.expand(len(z), -1))
 
-        return reconstruct(self.diffusion, denoiser, z0, [self.settings.t_int],
+        return reconstruct(self.diffusion, denoiser, z0,
+                           [self.settings.t_int] * self.settings.samples,
                            self.settings.respacing, self.settings.seed, on_step,
                            ancestral=bool(self.settings.ancestral))
 

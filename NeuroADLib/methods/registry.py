@@ -121,13 +121,14 @@ CDDPM_OPTION_SPECS = {
 # mirrors them; a test keeps the two equal), but for two 0/1 switches: `minmax` (1: the paper's
 # per-map min-max normalisation) and `against_reconstruction` (1, the default: the map against
 # the autoencoder's own reconstruction of the scan; 0: against the scan, as the paper). T = 1000.
-COND_LDM_OPTIONS = {"t_int": 250, "respacing": 1, "ancestral": 1, "max_shift": 2,
-                    "median_size": 5, "erosion": 3, "minmax": 0, "against_reconstruction": 1,
-                    "seed": 42}
+COND_LDM_OPTIONS = {"t_int": 250, "respacing": 1, "ancestral": 1, "samples": 1,
+                    "max_shift": 2, "median_size": 5, "erosion": 3, "minmax": 0,
+                    "against_reconstruction": 1, "seed": 42}
 COND_LDM_OPTION_SPECS = {
     "t_int": OptionSpec(int, 1, 1000),
     "respacing": OptionSpec(int, 1, 1000),
     "ancestral": OptionSpec(int, 0, 1),
+    "samples": OptionSpec(int, 1, 16),
     "max_shift": OptionSpec(int, 0, 4),
     "median_size": OptionSpec(int, 1, 9),
     "erosion": OptionSpec(int, 0, 10),
