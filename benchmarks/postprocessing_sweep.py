@@ -88,7 +88,8 @@ class Benchmark:
     def change(self, case: dict) -> np.ndarray:
         """x_lesioned - x_healthy inside the lesion."""
         original = self.healthy[case["subject"]]["case"]
-        return (self.images[case["case"]] - self.images[original])[self.lesions[case["case"]]]
+        lesion = self.lesions[case["case"]]
+        return self.images[case["case"]][lesion] - self.images[original][lesion]
 
 
 def lesion_groups(bench: Benchmark, small: int) -> dict[str, str]:
