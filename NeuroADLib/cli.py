@@ -56,6 +56,10 @@ EXAMPLES = {
              "\n  neuroad train sdm --cohort ~/neuroad-cache/ixi_2mm --out models/sdm"
              "\n  neuroad train tdm --cohort ~/neuroad-cache/ixi_2mm --out models/tdm"
              "\n  neuroad train ddpm --cohort ~/neuroad-cache/ixi_2mm --out models/ddpm",
+    "calibrate": "example:\n  neuroad calibrate cond_ldm --cohort ~/neuroad-cache/ixi_2mm "
+                 "--out cond-ldm-recalibrated --option cond_ldm.samples=4\n"
+                 "  neuroad calibrate zscore --cohort ~/site-controls --split all "
+                 "--out zscore-site\n  neuroad models import zscore-site",
     "make-benchmarks": "example:\n  neuroad make-benchmarks --cohort ~/neuroad-cache/ixi_2mm "
                        "--lesions ../shared/data/lesions --out ~/neuroad-cache/benchmarks",
     "evaluate": "example:\n  neuroad evaluate --methods zscore "
@@ -334,6 +338,26 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         device = select_device(args.device)
     trainer(args, device)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .options import check_options
+
+    options = check_options(_parse_options(args.option))
+    if set(options) - {args.method}:
+        raise UsageError(f"neuroad calibrate {args.method} takes {args.method}'s options only, "
+                         f"not {', '.join(sorted(set(options) - {args.method}))} options.")
+    import torch
+
+    from .device import select_device
+    from .models import find_bundle
+    from .training.recalibration import recalibrate
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    model = Path(args.model) if args.model else find_bundle(args.method).folder
+    recalibrate(args.method, model, args.cohort, args.out, options.get(args.method),
+                args.split, select_device(args.device))
     return 0
 
 
@@ -697,6 +721,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every torch trainer: where it trains")
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
+
+    p = command("calibrate", "Recalibrate a trained method without retraining it: its healthy "
+                             "threshold and normative statistics measured again on a prepared "
+                             "cohort's healthy scans (e.g. a site's own controls), at other "
+                             "inference options if given; written as a new bundle.")
+    p.add_argument("method", choices=method_choices())
+    p.add_argument("--cohort", required=True, help="healthy cohort written by neuroad "
+                                                   "prepare-cohort (or its grid pack)")
+    p.add_argument("--out", required=True, help="the new bundle's folder (must not exist)")
+    p.add_argument("--model", help="the bundle folder to recalibrate (default: the installed "
+                                   "bundle of the method)")
+    p.add_argument("--split", choices=["validation", "all"], default="validation",
+                   help="the cohort's scans to calibrate on: its validation split (default; "
+                        "the training cohort's own), or all of them (controls that trained "
+                        "nothing)")
+    p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
+                   help="an inference option the bundle then runs and is calibrated at, e.g. "
+                        "cond_ldm.samples=4")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
+    p.set_defaults(run=_calibrate)
 
     p = command("pack", "Pack a prepared cohort or a benchmark set (its grid volumes, 8-bit "
                         "images, and its table) into one .npz that training and evaluation "

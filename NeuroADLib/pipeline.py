@@ -354,15 +354,16 @@ def _warning(check: dict) -> str:
 
 def threshold_report(method: LoadedMethod, threshold: float, options: dict) -> dict:
     """The threshold, its rule and whether it holds: the calibration was computed at the
-    method's default options, so other options (a longer chain, another percentile) keep the
-    threshold but not its healthy false-positive guarantee."""
-    changed = changed_options(method.name, options)
+    bundle's options (the method's defaults unless the bundle records others), so other
+    options (a longer chain, another percentile) keep the threshold but not its healthy
+    false-positive guarantee."""
+    changed = changed_options(method.name, options, method.calibrated_at)
     report = {"value": threshold, "map": method.calibration.map_kind,
               "rule": f"healthy-calibrated: at most "
               f"{method.calibration.fpr:.1%} of healthy validation brain voxels above",
               "calibrated_at_these_options": not changed}
     if changed:
-        report["note"] = (f"calibrated at the default options; with {changed} the healthy "
+        report["note"] = (f"calibrated at the bundle's options; with {changed} the healthy "
                           "false-positive rate may differ")
     return report
 

@@ -255,6 +255,25 @@ def test_calibration_round_trips(family, bundles, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_recalibrating_on_the_training_cohort_reproduces_the_calibration(family, bundles,
+                                                                          tmp_path):
+    """`neuroad calibrate` on the cohort's own validation split at the bundle's options
+    measures what training measured (to the half precision the bundle stores)."""
+    from NeuroADLib.training.recalibration import recalibrate
+
+    tiny, name = bundles(family), first_method(family)
+    result = recalibrate(name, tiny.folder, tiny.folder.parent / "cohort", tmp_path / "again",
+                         log=lambda message: None)
+    trained = load_method(name, tiny.folder).calibration
+    again = load_method(name, result.folder).calibration
+    np.testing.assert_allclose(again.threshold, trained.threshold, rtol=0.02)
+    np.testing.assert_allclose(again.reference.index_mean, trained.reference.index_mean,
+                               rtol=0.02)
+    assert again.map_kind == trained.map_kind
+    verify_bundle(Bundle(result.folder, json.loads((result.folder / MANIFEST).read_text())))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_bundle_verifies_and_a_tampered_one_does_not(family, bundles, tmp_path):
     folder = bundles(family).folder
     verify_bundle(Bundle(folder, json.loads((folder / MANIFEST).read_text())))

@@ -7,7 +7,7 @@ import importlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -172,14 +172,17 @@ class Prediction:
 
 @dataclass
 class LoadedMethod:
-    """A method ready to run on grid arrays: its model, its calibration and the intensity
-    standard its model was trained on (None for a model trained without one)."""
+    """A method ready to run on grid arrays: its model, its calibration, the intensity
+    standard its model was trained on (None for a model trained without one), and the
+    options the calibration was computed at where they differ from the registry's defaults
+    (what the bundle's manifest records; `calibrated_options`)."""
 
     name: str
     contrast: str
     model: AnomalyModel
     calibration: Calibration
     standard: IntensityStandard | None = None
+    calibrated_at: dict = field(default_factory=dict)
 
     def harmonise(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, Any, dict]:
         """The scan as the model sees it (harmonised to the model's intensity standard), the
@@ -254,6 +257,20 @@ def resolve_loader(target: str) -> Loader:
     return loader
 
 
+def calibrated_options(manifest: dict, name: str) -> dict:
+    """The options a bundle's calibration of method `name` was computed at, where they differ
+    from the registry's defaults: the bundle manifest's `inference` settings, either the
+    method's own (`inference[name]`, a bundle serving several methods with settings of their
+    own) or the family's shared ones, restricted to the method's registry options."""
+    inference = manifest.get("inference", {})
+    if not isinstance(inference, dict):
+        return {}
+    recorded = inference.get(name) if isinstance(inference.get(name), dict) else inference
+    defaults = METHODS[name].options
+    return {key: value for key, value in recorded.items()
+            if key in defaults and defaults[key] != value}
+
+
 def load_method(name: str, folder: str | os.PathLike, options: dict | None = None
                 ) -> LoadedMethod:
     """Load a trained method from its bundle folder, with options (see the registry) that
@@ -271,5 +288,7 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
     standard = IntensityStandard.load(folder)
     if standard is not None and not info.matches_noise:
         standard = standard.with_config(match_noise=False)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return LoadedMethod(name, info.contrast, model, Calibration.load(folder, info.calibration),
-                        standard)
+                        standard, calibrated_options(manifest, name))

@@ -281,11 +281,13 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def changed_options(name: str, options: dict | None) -> dict:
-    """The options that differ from the method's defaults (those its bundled calibration was
-    computed with)."""
-    defaults = METHODS[name].options
-    return {key: value for key, value in (options or {}).items() if defaults.get(key) != value}
+def changed_options(name: str, options: dict | None, calibrated_at: dict | None = None
+                    ) -> dict:
+    """The options that differ from those the method's calibration was computed with: the
+    method's defaults, but for `calibrated_at` (those the bundle records otherwise)."""
+    calibrated = {**METHODS[name].options, **(calibrated_at or {})}
+    return {key: value for key, value in (options or {}).items()
+            if calibrated.get(key) != value}
 
 
 def validate_options(name: str, options: dict | None) -> dict:

@@ -1,0 +1,204 @@
+"""Recalibrating a trained bundle without retraining it (`neuroad calibrate`): one method's
+label-free calibration (its 1% healthy threshold, the normative statistics and threshold of
+its map) measured again on healthy scans, at other inference options or on another healthy
+cohort (a site's own controls, scanned on its own scanner), and written as a new bundle.
+
+The weights, the intensity standard and every other method's calibration are copied as they
+are; the method's inference options, when given, become the bundle's (what it runs with by
+default, and what a report checks a run's options against); the manifest records the
+recalibration (cohort, subjects, options, command, code version, the calibration it replaced)
+and the new files' hashes. Benchmark figures measured with the old calibration move into
+that record: they no longer describe the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, ModelError, OptionError, UsageError
+from ..evaluation.metrics import mae_psnr_ssim
+from ..methods.base import Calibration, calibrated_options, load_method
+from ..methods.registry import METHODS, validate_options
+from ..models.bundles import CHECKPOINT, MANIFEST, Bundle, verify_bundle
+from ..outputs import atomic_output_folder
+from ..subject import Subject
+from .data import CohortSplit, load_split
+from .provenance import code_version, command_line, file_entry
+
+SPLITS = {"validation": ("validation",), "all": ("train", "validation")}
+# The normative threshold is taken leave-one-out, which needs two other healthy maps.
+MIN_SCANS_FOR_NORMATIVE = 3
+
+
+@dataclass(frozen=True)
+class RecalibrationResult:
+    """The new bundle, its calibration of the method and the healthy scans' figures."""
+
+    folder: Path
+    calibration: Calibration
+    reconstruction: dict[str, float]  # mean MAE / PSNR / SSIM of the pseudo-healthy images
+    seconds_per_scan: float
+    subjects: list[str]
+
+
+def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLike,
+                out: str | os.PathLike, options: dict | None = None, split: str = "validation",
+                device: str = "cpu", log=print) -> RecalibrationResult:
+    """Recalibrate `method` of the bundle in `bundle` on the healthy scans of a prepared
+    `cohort` (`split`: "validation", or "all" for a cohort of controls that trains nothing),
+    at the bundle's inference options with `options` over them; the new bundle is written to
+    `out`, a new folder, all at once (nothing is written on failure)."""
+    if method not in METHODS:
+        raise ModelError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
+    owner = _calibration_owner(method)
+    if owner != method:
+        raise UsageError(f"{method} is thresholded by {owner}'s calibration: recalibrate "
+                         f"{owner}.")
+    if split not in SPLITS:
+        raise UsageError(f"Unknown split {split!r}: use {' or '.join(SPLITS)}.")
+    try:
+        options = validate_options(method, options)
+    except ValueError as error:
+        raise OptionError(str(error)) from None
+    source, out = Path(bundle), Path(out)
+    if out.exists():
+        raise UsageError(f"{out} exists: give --out a new folder (the recalibrated bundle is "
+                         "written beside the original, never over it).")
+    manifest = _read_bundle(source, method)
+    scans = _healthy_scans(cohort, split)
+    with atomic_output_folder(out) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(CHECKPOINT))
+        previous = Calibration.load(staging, METHODS[method].calibration)
+        if previous.map_kind == "normative" and len(scans.rows) < MIN_SCANS_FOR_NORMATIVE:
+            raise InputError(f"{method} outputs normative maps, whose calibration needs at "
+                             f"least {MIN_SCANS_FOR_NORMATIVE} healthy scans; the cohort's "
+                             f"{split} scans are {len(scans.rows)}.")
+        before = calibrated_options(manifest, method)
+        manifest["inference"] = _with_options(manifest, method, options)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
+        loaded = load_method(method, staging).to(device)
+        start = time.perf_counter()
+        maps, figures = [], []
+        for k, (image, mask) in enumerate(zip(scans.images, scans.masks, strict=True)):
+            harmonised, _, _ = loaded.harmonise(image, mask)
+            anomaly, healthy = loaded.model.predict(harmonised, mask, _subject(scans, k))
+            maps.append(anomaly)
+            figures.append(mae_psnr_ssim(healthy, harmonised, mask))
+            log(f"{method}: {scans.subjects[k]} ({k + 1}/{len(scans.rows)})")
+        seconds = (time.perf_counter() - start) / len(maps)
+        calibration = Calibration.from_healthy_maps(
+            maps, scans.masks, previous.fpr, previous.reference.top_fraction, previous.map_kind)
+        calibration.save(staging, METHODS[method].calibration)
+        reconstruction = {key: float(np.mean([f[key] for f in figures])) for key in figures[0]}
+        _record(staging, manifest, method, {
+            "cohort": str(Path(cohort).resolve()), "split": split,
+            "subjects": scans.subjects, "options": {**before, **options},
+            "map": calibration.map_kind, "threshold": calibration.output_threshold,
+            "healthy_flagged_range": calibration.output_flagged_range,
+            "pseudo_healthy_reconstruction": reconstruction,
+            "seconds_per_scan": round(seconds, 1),
+            "replaced": {"options": before, "threshold": previous.output_threshold,
+                         "healthy_flagged_range": previous.output_flagged_range}},
+                calibration, reconstruction)
+    log(f"{method}: threshold {calibration.output_threshold:.4g} ({calibration.map_kind} map; "
+        f"was {previous.output_threshold:.4g}), healthy flagged "
+        f"{calibration.output_flagged_range}; wrote {out}")
+    return RecalibrationResult(out, calibration, reconstruction, seconds, scans.subjects)
+
+
+def _read_bundle(folder: Path, method: str) -> dict:
+    """The manifest of a bundle that verifies and serves `method`; ModelError otherwise."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"{folder} is not a model bundle (no {MANIFEST}): give --model the "
+                         "folder of a trained bundle.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{manifest_path} is not readable JSON ({error}).") from None
+    verify_bundle(Bundle(folder, manifest))
+    served = [manifest.get("method"), *manifest.get("variants", [])]
+    if method not in served:
+        raise ModelError(f"The bundle in {folder} serves {', '.join(map(str, served))}, not "
+                         f"{method}.")
+    return manifest
+
+
+def _healthy_scans(cohort: str | os.PathLike, split: str) -> CohortSplit:
+    """The healthy scans of the cohort's `split`; InputError when there are too few."""
+    if not Path(cohort).exists():
+        raise InputError(f"Cohort {cohort} does not exist: give --cohort a folder written by "
+                         "`neuroad prepare-cohort` (or its grid pack).")
+    parts = [load_split(cohort, name) for name in SPLITS[split]]
+    scans = CohortSplit([i for p in parts for i in p.images], [m for p in parts for m in p.masks],
+                        [r for p in parts for r in p.rows])
+    if not scans.rows:
+        raise InputError(f"Cohort {cohort} has no {split} scans to calibrate on.")
+    return scans
+
+
+def _calibration_owner(method: str) -> str:
+    """The method whose calibration `method` uses (itself, unless it borrows another's)."""
+    stem = METHODS[method].calibration
+    return next((name for name in METHODS if stem == f"calibration_{name}"), method)
+
+
+def _subject(scans: CohortSplit, k: int) -> Subject:
+    return Subject(scans.ages[k], scans.sexes[k])
+
+
+def _with_options(manifest: dict, method: str, options: dict) -> dict:
+    """The manifest's inference settings with `options` for `method`: in the method's own
+    settings where the bundle keeps them per method; in the shared settings only where no
+    other method of the bundle shares them (their calibrations would no longer match)."""
+    inference = dict(manifest.get("inference", {}))
+    if not options:
+        return inference
+    if isinstance(inference.get(method), dict):
+        return {**inference, method: {**inference[method], **options}}
+    others = sorted({manifest.get("method"), *manifest.get("variants", [])} - {method})
+    if others:
+        raise UsageError(f"The methods of this bundle ({method}, {', '.join(others)}) share "
+                         f"their inference settings, so {method} cannot be recalibrated at "
+                         "other options alone; recalibrate it without --option (or pass "
+                         "the options at run time, with their threshold reported as "
+                         "uncalibrated).")
+    return {**inference, **options}
+
+
+def _record(folder: Path, manifest: dict, method: str, record: dict, calibration: Calibration,
+            reconstruction: dict) -> None:
+    """The manifest of the recalibrated bundle: the recalibration's record (with the
+    benchmark figures measured under the calibration it replaced), the new calibration's
+    summary where the method is the bundle's own, and the new files' hashes."""
+    name = METHODS[method].calibration
+    superseded = {}
+    figures = manifest.get("benchmark", {}).get("figures", {})
+    if method in figures:
+        superseded["benchmark"] = figures.pop(method)
+    if name in manifest.get("map_choice", {}):
+        superseded["map_choice"] = manifest["map_choice"].pop(name)
+    manifest.setdefault("recalibrations", []).append({
+        "method": method, "calibration": name, **record,
+        "superseded_figures": superseded, "command": command_line(),
+        "code_version": code_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    if manifest.get("method") == method:
+        manifest["calibration"] = {**manifest.get("calibration", {}),
+                                   "threshold": calibration.threshold,
+                                   "healthy_flagged_range": calibration.healthy_flagged_range}
+        metrics = manifest.setdefault("metrics", {})
+        metrics["pseudo_healthy_validation_reconstruction"] = reconstruction
+        metrics["seconds_per_validation_scan"] = record["seconds_per_scan"]
+    for file in (f"{name}.json", f"{name}.safetensors"):
+        manifest["files"][file] = file_entry(folder / file)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
