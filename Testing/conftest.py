@@ -217,8 +217,8 @@ def tiny_cond_ldm_training():
 
     return CondLDMTraining(config="tiny", steps=2, batch_size=2, acquisition_copies=1,
                            pairs=PairSettings(versions=2),
-                           inference=CondLDMSettings(t_int=50, respacing=10, median_size=3,
-                                                     erosion=1),
+                           inference=CondLDMSettings(t_int=50, respacing=10, samples=1,
+                                                     median_size=3, erosion=1),
                            checkpoint_every=1, log_every=1)
 
 

@@ -68,9 +68,11 @@ def test_options_become_the_bundles_and_the_threshold_is_measured_at_them(cond_l
     verify_bundle(Bundle(result.folder, manifest))
     assert manifest["inference"]["samples"] == 2 and manifest["inference"]["t_int"] == 30
     record = manifest["recalibrations"][-1]
-    assert record["options"] == {"t_int": 30, "respacing": 10, "median_size": 3, "erosion": 1,
-                                 "samples": 2}
-    assert record["replaced"]["options"]["t_int"] == 50
+    from NeuroADLib.methods.registry import COND_LDM_OPTIONS
+
+    assert record["options"] == {**COND_LDM_OPTIONS, "t_int": 30, "respacing": 10,
+                                 "median_size": 3, "erosion": 1, "samples": 2}
+    assert record["replaced"]["options"] == {**record["options"], "t_int": 50, "samples": 1}
     assert record["subjects"] == ["s0", "s4"]
 
     method = load_method("cond_ldm", result.folder)

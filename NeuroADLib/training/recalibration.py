@@ -82,7 +82,7 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
             raise InputError(f"{method} outputs normative maps, whose calibration needs at "
                              f"least {MIN_SCANS_FOR_NORMATIVE} healthy scans; the cohort's "
                              f"{split} scans are {len(scans.rows)}.")
-        before = calibrated_options(manifest, method)
+        before = {**METHODS[method].options, **calibrated_options(manifest, method)}
         manifest["inference"] = _with_options(manifest, method, options)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
         loaded = load_method(method, staging).to(device)
