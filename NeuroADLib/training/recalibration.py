@@ -74,16 +74,16 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
                          "written beside the original, never over it).")
     manifest = _read_bundle(source, method)
     scans = _healthy_scans(cohort, split)
+    previous = Calibration.load(source, METHODS[method].calibration)
+    if previous.map_kind == "normative" and len(scans.rows) < MIN_SCANS_FOR_NORMATIVE:
+        raise InputError(f"{method} outputs normative maps, whose calibration needs at least "
+                         f"{MIN_SCANS_FOR_NORMATIVE} healthy scans; the cohort's {split} "
+                         f"scans are {len(scans.rows)}.")
+    before = {**METHODS[method].options, **calibrated_options(manifest, method)}
+    manifest["inference"] = _with_options(manifest, method, options)
     with atomic_output_folder(out) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(CHECKPOINT))
-        previous = Calibration.load(staging, METHODS[method].calibration)
-        if previous.map_kind == "normative" and len(scans.rows) < MIN_SCANS_FOR_NORMATIVE:
-            raise InputError(f"{method} outputs normative maps, whose calibration needs at "
-                             f"least {MIN_SCANS_FOR_NORMATIVE} healthy scans; the cohort's "
-                             f"{split} scans are {len(scans.rows)}.")
-        before = {**METHODS[method].options, **calibrated_options(manifest, method)}
-        manifest["inference"] = _with_options(manifest, method, options)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
         loaded = load_method(method, staging).to(device)
         start = time.perf_counter()
@@ -108,7 +108,7 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
             "seconds_per_scan": round(seconds, 1),
             "replaced": {"options": before, "threshold": previous.output_threshold,
                          "healthy_flagged_range": previous.output_flagged_range}},
-                calibration, reconstruction)
+                calibration)
     log(f"{method}: threshold {calibration.output_threshold:.4g} ({calibration.map_kind} map; "
         f"was {previous.output_threshold:.4g}), healthy flagged "
         f"{calibration.output_flagged_range}; wrote {out}")
@@ -175,8 +175,8 @@ def _with_options(manifest: dict, method: str, options: dict) -> dict:
     return {**inference, **options}
 
 
-def _record(folder: Path, manifest: dict, method: str, record: dict, calibration: Calibration,
-            reconstruction: dict) -> None:
+def _record(folder: Path, manifest: dict, method: str, record: dict,
+            calibration: Calibration) -> None:
     """The manifest of the recalibrated bundle: the recalibration's record (with the
     benchmark figures measured under the calibration it replaced), the new calibration's
     summary where the method is the bundle's own, and the new files' hashes."""
@@ -197,7 +197,8 @@ def _record(folder: Path, manifest: dict, method: str, record: dict, calibration
                                    "threshold": calibration.threshold,
                                    "healthy_flagged_range": calibration.healthy_flagged_range}
         metrics = manifest.setdefault("metrics", {})
-        metrics["pseudo_healthy_validation_reconstruction"] = reconstruction
+        metrics["pseudo_healthy_validation_reconstruction"] = record[
+            "pseudo_healthy_reconstruction"]
         metrics["seconds_per_validation_scan"] = record["seconds_per_scan"]
     for file in (f"{name}.json", f"{name}.safetensors"):
         manifest["files"][file] = file_entry(folder / file)
