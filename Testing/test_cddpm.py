@@ -177,3 +177,22 @@ def test_resumed_training_equals_uninterrupted(tiny_bundle, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     shorter = load_weights(whole / "network", "cddpm")
     assert not all(torch.equal(shorter[k], b[k]) for k in b)
+
+
+def test_training_on_a_noise_bank_resumes_exactly_and_differs_from_fresh_noise(tiny_bundle,
+                                                                                tmp_path):
+    cohort, whole = tiny_bundle
+    banked = replace(TINY, noise_bank=8)
+    train_cddpm(cohort, tmp_path / "parts", banked, log=_quiet)
+    parts = train_cddpm(cohort, tmp_path / "parts", replace(banked, steps=4), log=_quiet)
+    direct = train_cddpm(cohort, tmp_path / "direct", replace(banked, steps=4), log=_quiet)
+    a, b = (load_weights(folder / "network", "cddpm") for folder in (parts, direct))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = load_weights(whole / "network", "cddpm")
+    banked_two = load_weights(train_cddpm(cohort, tmp_path / "two", banked, log=_quiet)
+                              / "network", "cddpm")
+    assert not all(torch.equal(fresh[k], banked_two[k]) for k in fresh)
+    manifest = json.loads((direct / "network" / "manifest.json").read_text())
+    assert manifest["training"]["noise_bank"] == 8
+    with pytest.raises(ValueError, match="simplex"):
+        train_cddpm(cohort, tmp_path / "gauss", replace(banked, noise="gaussian"), log=_quiet)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from NeuroADLib.diffusion.noise import SimplexNoise, gaussian_noise, simplex3
+from NeuroADLib.diffusion.noise import SimplexNoise, SimplexNoiseBank, gaussian_noise, simplex3
 
 reference = pytest.importorskip("noise")
 
@@ -82,3 +82,21 @@ def test_simplex_noise_is_smooth_where_gaussian_noise_is_white():
     white = gaussian_noise((96, 96), torch.Generator().manual_seed(0))
     assert neighbour_correlation(simplex) > 0.9
     assert abs(neighbour_correlation(white)) < 0.05
+
+
+def test_a_noise_bank_holds_simplex_fields_and_draws_them_flipped_and_seeded():
+    bank = SimplexNoiseBank.draw(10, 24, 20, seed=3, chunk=4)
+    generator = torch.Generator().manual_seed(3)
+    steps = torch.randint(1000, (10,), generator=generator)
+    fields = torch.cat([SimplexNoise().sample((len(part), 1, 24, 20), part, generator)[:, 0]
+                        for part in steps.split(4)])
+    assert torch.equal(bank.fields, fields)
+    drawn = bank.sample((6, 2, 24, 20), torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, bank.sample((6, 2, 24, 20), torch.Generator().manual_seed(1)))
+    variants = [f for field in bank.fields
+                for f in (field, field.flip(0), field.flip(1), field.flip(0).flip(1))]
+    assert all(any(torch.equal(sample, v) for v in variants) for sample in drawn.flatten(0, 1))
+    assert any(not any(torch.equal(sample, f) for f in bank.fields)
+               for sample in drawn.flatten(0, 1))  # some were flipped
+    with pytest.raises(ValueError, match="fields"):
+        bank.sample((1, 1, 20, 24), generator)

@@ -99,6 +99,42 @@ class SimplexNoise:
         return total
 
 
+
+@dataclass
+class SimplexNoiseBank:
+    """`size` simplex fields drawn once, for training: each sample takes one at random, flipped
+    at random along each axis. A field's step coordinate shifts the noise along its third axis,
+    which does not change its distribution, and a training sample uses one field at one step,
+    so that a field drawn at another step is as good a draw; what is saved is drawing the
+    fields (about half of a cDDPM training step on a CPU). Not for inference, where the fields
+    of one sample's steps must be the same noise."""
+
+    fields: torch.Tensor  # (size, height, width)
+
+    @classmethod
+    def draw(cls, size: int, height: int, width: int, seed: int,
+             noise: SimplexNoise = SimplexNoise(), chunk: int = 64) -> SimplexNoiseBank:
+        """The bank of `size` fields at steps drawn uniformly from 0..999, all from `seed`."""
+        generator = torch.Generator().manual_seed(seed)
+        steps = torch.randint(1000, (size,), generator=generator)
+        fields = [noise.sample((len(part), 1, height, width), part, generator)[:, 0]
+                  for part in steps.split(chunk)]
+        return cls(torch.cat(fields))
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Noise of `shape` (batch, channels, height, width) from the bank's fields."""
+        batch, channels, height, width = shape
+        if (height, width) != tuple(self.fields.shape[1:]):
+            raise ValueError(f"the bank holds {tuple(self.fields.shape[1:])} fields; "
+                             f"{(height, width)} were asked for")
+        count = batch * channels
+        index = torch.randint(len(self.fields), (count,), generator=generator)
+        flips = torch.rand(count, 2, generator=generator) < 0.5
+        chosen = self.fields[index]
+        chosen = torch.where(flips[:, 0, None, None], chosen.flip(1), chosen)
+        chosen = torch.where(flips[:, 1, None, None], chosen.flip(2), chosen)
+        return chosen.reshape(shape)
+
 def gaussian_noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
                    device: str | torch.device = "cpu") -> torch.Tensor:
     """Standard normal noise (drawn on the CPU, so that a seed gives the same noise on any

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from ..diffusion.noise import SimplexNoiseBank
 from ..diffusion.process import DiffusionProcess
 from ..methods.cddpm import (
     NETWORK_FOLDER,
@@ -36,6 +38,7 @@ from ..networks.conditioned_unet import CONDITIONED_UNET_CONFIGS, EncoderConditi
 from .masked_pretraining import MaskedPretraining, pretrain_encoder
 from .provenance import save_network
 from .slice_data import (
+    NoiseDraw,
     SliceSet,
     SliceTrainingRun,
     TrainingLog,
@@ -53,6 +56,7 @@ class CDDPMTraining(SliceTrainingRun):
     batch_size: int = 16  # 32 in the paper
     learning_rate: float = 2e-4  # Adam; the paper's 1e-5 over 1600 epochs is for a GPU
     noise: str = "simplex"  # "gaussian" as an ablation
+    noise_bank: int = 0  # simplex: 0 draws fresh fields every step; N draws N once (faster)
     inference: CDDPMSettings = CDDPMSettings()  # what the bundle is calibrated and run with
     pretraining: MaskedPretraining = MaskedPretraining()  # F_enc by masked modelling; 0 steps
 
@@ -81,8 +85,24 @@ def train_network(slices: SliceSet, out: Path, training: CDDPMTraining, device: 
                          training.pretraining, training.seed, training.checkpoint_every,
                          training.log_every, device, log)
     return train_slice_diffusion(slices, out, network, DiffusionProcess(cddpm_diffusion()),
-                                 cddpm_loss, forward_noise, training, device, ("cddpm", "l1"),
-                                 log)
+                                 cddpm_loss, training_noise(training, slices, log), training,
+                                 device, ("cddpm", "l1"), log)
+
+
+def training_noise(training: CDDPMTraining, slices: SliceSet, log=print) -> NoiseDraw:
+    """The forward process's noise in training: fresh every step, or from a bank of simplex
+    fields drawn once from the seed (`noise_bank` > 0; diffusion/noise.py says why that is
+    the same distribution)."""
+    if not training.noise_bank:
+        return forward_noise
+    if training.noise != "simplex":
+        raise ValueError(f"noise_bank is for simplex noise; this run's noise is "
+                         f"{training.noise!r}")
+    began = time.perf_counter()
+    bank = SimplexNoiseBank.draw(training.noise_bank, *slices.images[0].shape[1:],
+                                 seed=training.seed)
+    log(f"{training.noise_bank} simplex fields drawn in {time.perf_counter() - began:.0f} s")
+    return lambda kind, shape, t, generator: bank.sample(shape, generator)
 
 
 def train_cddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
