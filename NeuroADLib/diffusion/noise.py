@@ -103,10 +103,11 @@ class SimplexNoise:
 @dataclass
 class SimplexNoiseBank:
     """`size` simplex fields drawn once, for training: each sample takes one at random, flipped
-    at random along each axis. A field's step coordinate shifts the noise along its third axis,
-    which does not change its distribution, and a training sample uses one field at one step,
-    so that a field drawn at another step is as good a draw; what is saved is drawing the
-    fields (about half of a cDDPM training step on a CPU). Not for inference, where the fields
+    at random along each axis. A field's step coordinate only moves the slice through the 3D
+    noise (nearly stationary, so its statistics barely change), the bank's steps are drawn as
+    a training sample's are, and a training sample uses one field at one step: a field drawn
+    at another step is as good a draw. What is saved is drawing the fields (about half of a
+    cDDPM training step on a CPU). Not for inference, where the fields
     of one sample's steps must be the same noise."""
 
     fields: torch.Tensor  # (size, height, width)

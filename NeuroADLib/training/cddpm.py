@@ -92,7 +92,7 @@ def train_network(slices: SliceSet, out: Path, training: CDDPMTraining, device: 
 def training_noise(training: CDDPMTraining, slices: SliceSet, log=print) -> NoiseDraw:
     """The forward process's noise in training: fresh every step, or from a bank of simplex
     fields drawn once from the seed (`noise_bank` > 0; diffusion/noise.py says why that is
-    the same distribution)."""
+    as good a draw)."""
     if not training.noise_bank:
         return forward_noise
     if training.noise != "simplex":
