@@ -173,3 +173,25 @@ def test_resumed_training_equals_uninterrupted_training(tiny, tmp_path):
     a = load_file(str(parts / "network" / "cond_ldm.safetensors"))
     b = load_file(str(direct / "network" / "cond_ldm.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_bundle_written_before_samples_existed_runs_and_reports_the_one_chain_it_had(
+        tiny, tmp_path):
+    import shutil
+
+    from NeuroADLib.methods.base import load_method
+    from NeuroADLib.methods.cond_ldm import load_cond_ldm
+    from NeuroADLib.methods.registry import changed_options
+
+    _, _, _, bundle = tiny
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["inference"]["samples"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert load_cond_ldm(old).settings.samples == 1 != COND_LDM_OPTIONS["samples"]
+    assert load_cond_ldm(old, options={"samples": 3}).settings.samples == 3
+    calibrated_at = load_method("cond_ldm", old).calibrated_at
+    assert calibrated_at["samples"] == 1
+    assert not changed_options("cond_ldm", {"samples": 1}, calibrated_at)
+    assert changed_options("cond_ldm", {"samples": 4}, calibrated_at) == {"samples": 4}

@@ -261,11 +261,13 @@ def calibrated_options(manifest: dict, name: str) -> dict:
     """The options a bundle's calibration of method `name` was computed at, where they differ
     from the registry's defaults: the bundle manifest's `inference` settings, either the
     method's own (`inference[name]`, a bundle serving several methods with settings of their
-    own) or the family's shared ones, restricted to the method's registry options."""
+    own) or the family's shared ones, restricted to the method's registry options; options
+    added since the bundle was written at the value it ran with then (`MethodInfo.unrecorded`)."""
     inference = manifest.get("inference", {})
     if not isinstance(inference, dict):
         return {}
     recorded = inference.get(name) if isinstance(inference.get(name), dict) else inference
+    recorded = {**METHODS[name].unrecorded, **recorded}
     defaults = METHODS[name].options
     return {key: value for key, value in recorded.items()
             if key in defaults and defaults[key] != value}

@@ -75,9 +75,11 @@ class MethodInfo:
     builds its model from a bundle folder ("package.module:function", called as
     `function(folder, name, options)`; see `methods.base.load_method`), the `covariates` it
     conditions on (`Subject` field names), its `options` with their defaults and specs, the
-    stem of its `calibration` files in the bundle, and whether a scan noisier than the healthy
+    stem of its `calibration` files in the bundle, whether a scan noisier than the healthy
     cohort is smoothed to it first (`matches_noise`: for the methods that compare a scan with
-    its reconstruction, which reads excess noise as anomaly; see preprocessing.harmonisation)."""
+    its reconstruction, which reads excess noise as anomaly; see preprocessing.harmonisation),
+    and the options added since bundles of it were first written (`unrecorded`), with the
+    value a bundle that does not record them ran and was calibrated at."""
 
     name: str
     description: str
@@ -89,6 +91,7 @@ class MethodInfo:
     option_specs: dict = field(default_factory=dict)
     calibration: str = "calibration"
     matches_noise: bool = True
+    unrecorded: dict = field(default_factory=dict)
 
 
 # MAD-AD's inference knobs and the paper's defaults (MADADSettings mirrors them; a test keeps
@@ -238,7 +241,7 @@ METHODS = {
                            "scans; reconstructs from T_int = 250.", "cond_ldm",
                            "NeuroADLib.methods.cond_ldm:load_cond_ldm",
                            options=COND_LDM_OPTIONS, option_specs=COND_LDM_OPTION_SPECS,
-                           calibration="calibration_cond_ldm"),
+                           calibration="calibration_cond_ldm", unrecorded={"samples": 1}),
     "mad_ad": MethodInfo("mad_ad", "MAD-AD: masked latent diffusion on axial slices; the mask "
                          "head finds anomalous latent patches and only those are denoised.",
                          "mad_ad", "NeuroADLib.methods.mad_ad:load_mad_ad",
