@@ -15,6 +15,7 @@ by default F_enc trains from scratch, end to end, as the paper's main configurat
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -98,11 +99,16 @@ def training_noise(training: CDDPMTraining, slices: SliceSet, log=print) -> Nois
     if training.noise != "simplex":
         raise ValueError(f"noise_bank is for simplex noise; this run's noise is "
                          f"{training.noise!r}")
-    began = time.perf_counter()
-    bank = SimplexNoiseBank.draw(training.noise_bank, *slices.images[0].shape[1:],
-                                 seed=training.seed)
-    log(f"{training.noise_bank} simplex fields drawn in {time.perf_counter() - began:.0f} s")
-    return lambda kind, shape, t, generator: bank.sample(shape, generator)
+
+    @functools.cache
+    def bank() -> SimplexNoiseBank:  # drawn at the first step: not at all for a finished run
+        began = time.perf_counter()
+        drawn = SimplexNoiseBank.draw(training.noise_bank, *slices.images[0].shape[1:],
+                                      seed=training.seed)
+        log(f"{training.noise_bank} simplex fields drawn in {time.perf_counter() - began:.0f} s")
+        return drawn
+
+    return lambda kind, shape, t, generator: bank().sample(shape, generator)
 
 
 def train_cddpm(cohort_dir: str | os.PathLike, out: str | os.PathLike,
