@@ -627,6 +627,7 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
         visits = logic.process([v1, v2, v3], [61.0, 62.5, 64.1], "F", "longitudinal")
         summary = logic.runBatch("cases.csv", ["zscore"], "/data/results")
         summary = logic.runBatch("cases.csv", "zscore", "/data/results", cluster="local:4")
+        bundle = logic.recalibrate("zscore", "/data/site_controls")  # participants.csv + scans
 
     `workerSettings` (default: from the module settings) and `installer` can be given, e.g.
     by tests, to run the worker elsewhere or skip installation.
@@ -750,6 +751,25 @@ class NeuroADLogic(ScriptedLoadableModuleLogic):
             return run
         runs.runToCompletion(run, idle=slicer.app.processEvents, onEvent=_logEvent)
         return run.summaryPath
+
+    def recalibrate(self, method: str, controls: str | os.PathLike,
+                    options: dict | None = None, device: str = "auto", blocking: bool = True,
+                    installDependencies: bool = True):
+        """Recalibrate a method on a site's own healthy controls (a folder with
+        participants.csv, `subject,age,sex,file`, and the scans), as `neuroad prepare-cohort`,
+        `neuroad calibrate METHOD --split all` and `neuroad models import` do: the method's
+        healthy threshold and normative statistics measured again on every control, at its
+        bundle's options or `options` over them, and the new bundle in the model store, where
+        it serves the method from then on. Blocking: returns the imported bundle's folder;
+        non-blocking: the started RecalibrationRun."""
+        if installDependencies and not self.ensureDependencies():
+            raise RuntimeError("NeuroAD's dependencies are not installed.")
+        run = runs.RecalibrationRun(method, controls, options, device, self.workerSettings)
+        if not blocking:
+            run.start()
+            return run
+        runs.runToCompletion(run, idle=slicer.app.processEvents, onEvent=_logEvent)
+        return run.bundle
 
     def showResult(self, inputVolume, result: ResultNodes, opacity: float = 0.6,
                    pseudoHealthyBackground: bool = False) -> None:

@@ -344,3 +344,57 @@ def test_process_takes_a_patients_visits_for_a_longitudinal_method(logic, tmp_pa
     high = setThresholdOfVisits(results, max(r.calibratedThreshold for r in results) * 2)
     assert all(h <= lo for h, lo in zip(high, low, strict=True))
     del scene
+
+
+def site_controls(folder: Path, names: tuple[str, ...]) -> Path:
+    """A site's controls as `neuroad prepare-cohort` reads them: participants.csv naming IXI
+    scans (by absolute path) with their ages and sexes."""
+    people = {row["subject"]: row for row in
+              csv.DictReader((require(IXI) / "participants.csv").open())}
+    folder.mkdir()
+    (folder / "participants.csv").write_text("subject,age,sex,file\n" + "".join(
+        f"{name},{people[name]['age']},{people[name]['sex']},{IXI / people[name]['file']}\n"
+        for name in names))
+    return folder
+
+
+@pytest.mark.slow
+def test_recalibration_on_site_controls_imports_a_bundle_that_serves_the_method(
+        logic, tmp_path, monkeypatch):
+    import json
+
+    from NeuroADLib.models import list_bundles
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("NEUROAD_MODELS", str(store))
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temp"))
+    controls = site_controls(tmp_path / "controls", (*IXI_CASES, "IXI015-HH-1258"))
+    run = logic.recalibrate("zscore", controls, device="cpu", blocking=False)
+    progress = drive(run)
+    assert run.state is runs.RunState.SUCCEEDED, run.error
+    stages = list(dict.fromkeys(p.stage for p in progress))
+    assert stages[:3] == list(runs.RecalibrationRun.STAGES) and stages[-1] == "done"
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert run.bundle.parent == store
+    manifest = json.loads((run.bundle / "manifest.json").read_text())
+    record = manifest["recalibrations"][-1]
+    assert record["split"] == "all" and sorted(record["subjects"]) == sorted(
+        (*IXI_CASES, "IXI015-HH-1258"))
+    assert any(b.folder == run.bundle and b.method == "zscore" for b in list_bundles())
+    assert list((tmp_path / "temp").iterdir()) == []  # its working folder is gone
+
+
+def test_a_failed_recalibration_says_which_stage_and_imports_nothing(logic, tmp_path,
+                                                                     monkeypatch):
+    from NeuroADLib.errors import EXIT_BAD_INPUT
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("NEUROAD_MODELS", str(store))
+    run = logic.recalibrate("zscore", tmp_path / "no-such-controls", device="cpu",
+                            blocking=False)
+    drive(run)
+    assert run.state is runs.RunState.FAILED and run.error.code == EXIT_BAD_INPUT
+    assert str(run.error).startswith("Preparing the controls failed: ")
+    assert run.bundle is None and not store.exists()

@@ -679,3 +679,104 @@ def caseLine(event: dict) -> str:
     """A log line for a `case` event of `neuroad batch --events`."""
     message = f": {event['message']}" if event.get("message") else ""
     return f"{event['case']}: {event['status']}{message}"
+
+
+class RecalibrationRun:
+    """A method recalibrated on a site's own healthy controls (a folder with participants.csv
+    and the scans, as `neuroad prepare-cohort` reads it), by three engine commands one after
+    another in a temporary folder: `prepare-cohort` (the scans to the model grid), `calibrate
+    METHOD --split all` (the method's healthy threshold and normative statistics measured
+    again on every control, at its bundle's options, or `options` over them) and `models
+    import` (the new bundle into the model store, where it serves the method from then on).
+    On success `bundle` is the imported bundle's folder. A failing command is a RunError with
+    the engine's message and exit code, and nothing is imported; `cancel` kills the running
+    command at once. The temporary folder is removed at the end either way."""
+
+    STAGES = ("preparing the controls", "recalibrating", "importing the recalibrated bundle")
+
+    def __init__(self, method: str, controls: str | Path, options: dict | None = None,
+                 device: str = "auto", settings: WorkerSettings | None = None):
+        self.method = method
+        self.controls = Path(controls)
+        self.options = options or {}
+        self.device = device
+        self.settings = settings or WorkerSettings()
+        self.state = RunState.RUNNING
+        self.progress = RunProgress()
+        self.error: RunError | None = None
+        self.bundle: Path | None = None
+        self.log: list[str] = []
+        self.folder: Path | None = None
+        self.process: WorkerProcess | None = None
+        self._stage = -1
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ENDED
+
+    def start(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="NeuroAD-recalibration-"))
+        self._next()
+
+    def _command(self, stage: int) -> list[str]:
+        cohort, bundle = self.folder / "cohort", self.folder / "bundle"
+        if stage == 0:
+            return ["prepare-cohort", str(self.controls), "--cache", str(cohort)]
+        if stage == 1:
+            return ["calibrate", self.method, "--cohort", str(cohort), "--split", "all",
+                    "--out", str(bundle), "--device", self.device,
+                    *(f"--option={self.method}.{name}={json.dumps(value)}"
+                      for name, value in self.options.items())]
+        return ["models", "import", str(bundle)]
+
+    def _next(self) -> None:
+        self._stage += 1
+        self.process = WorkerProcess(
+            self.settings.command(ENGINE_CLI, *self._command(self._stage)),
+            self.folder / f"stage{self._stage}", self.settings.env(self.device))
+        self.process.start()
+        self.progress = RunProgress(self.STAGES[self._stage], self._stage / len(self.STAGES))
+
+    def poll(self) -> list[dict]:
+        if self.finished:
+            return []
+        exitCode = self.process.returncode
+        events = self.process.poll()
+        self.log += [event["message"] for event in events if event.get("event") == "log"]
+        if exitCode == 0 and self._stage + 1 < len(self.STAGES):
+            self._next()
+        elif exitCode is not None:
+            self._end(exitCode)
+        return events
+
+    def cancel(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if not self.finished:
+            self.process.kill()
+            self._end(None)
+
+    def _end(self, exitCode: int | None) -> None:
+        from NeuroADLib.errors import EXIT_CANCELLED
+
+        details = self.process.stderrTail()
+        imported = [line.removeprefix("imported ") for line in self.log
+                    if line.startswith("imported ")]
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if exitCode is None:
+            self.state = RunState.CANCELLED
+            self.error = RunError("Cancelled; nothing was imported.", EXIT_CANCELLED,
+                                  "Cancelled", details)
+        elif exitCode == 0 and imported:
+            self.bundle = Path(imported[-1])
+            self.state = RunState.SUCCEEDED
+            self.progress = RunProgress("done", 1.0)
+        else:
+            errors = [line.removeprefix("neuroad: ").removeprefix("error: ")
+                      for line in details.splitlines() if line.startswith("neuroad: ")]
+            self.state = RunState.FAILED
+            self.error = RunError(
+                f"{self.STAGES[self._stage].capitalize()} failed: "
+                + (errors[-1] if errors else f"exit code {exitCode}."),
+                exitCode, "RecalibrationFailed", details)
