@@ -715,8 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "mask ratio 0.65) before the diffusion training (default: none)")
     p.add_argument("--noise-bank", type=COUNT, metavar="N",
                    help="cddpm: draw N simplex noise fields once and train on them, flipped "
-                        "at random, instead of fresh fields every step (about twice as fast "
-                        "on a CPU; default: fresh)")
+                        "at random, instead of fresh fields every step (a 1.3-1.4x faster "
+                        "CPU step; default: fresh)")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
     p.add_argument("--autoencoder", help="trained autoencoder folder")

@@ -106,9 +106,9 @@ class SimplexNoiseBank:
     at random along each axis. A field's step coordinate only moves the slice through the 3D
     noise (nearly stationary, so its statistics barely change), the bank's steps are drawn as
     a training sample's are, and a training sample uses one field at one step: a field drawn
-    at another step is as good a draw. What is saved is drawing the fields (about half of a
-    cDDPM training step on a CPU). Not for inference, where the fields
-    of one sample's steps must be the same noise."""
+    at another step is as good a draw. What is saved is drawing the fields (a cDDPM training
+    step on a CPU is 1.3-1.4x faster; benchmarks/noise_bank_step.py). Not for inference,
+    where the fields of one sample's steps must be the same noise."""
 
     fields: torch.Tensor  # (size, height, width)
 
