@@ -99,7 +99,6 @@ class SimplexNoise:
         return total
 
 
-
 @dataclass
 class SimplexNoiseBank:
     """`size` simplex fields drawn once, for training: each sample takes one at random, flipped
@@ -135,6 +134,7 @@ class SimplexNoiseBank:
         chosen = torch.where(flips[:, 0, None, None], chosen.flip(1), chosen)
         chosen = torch.where(flips[:, 1, None, None], chosen.flip(2), chosen)
         return chosen.reshape(shape)
+
 
 def gaussian_noise(shape: tuple[int, ...], generator: torch.Generator | None = None,
                    device: str | torch.device = "cpu") -> torch.Tensor:

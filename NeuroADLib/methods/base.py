@@ -257,17 +257,23 @@ def resolve_loader(target: str) -> Loader:
     return loader
 
 
+def recorded_inference(manifest: dict, name: str) -> dict:
+    """The inference settings a bundle runs with: its manifest's `inference`, with the options
+    added since it was written at the value it ran with then (`MethodInfo.unrecorded`)."""
+    return {**METHODS[name].unrecorded, **manifest.get("inference", {})}
+
+
 def calibrated_options(manifest: dict, name: str) -> dict:
     """The options a bundle's calibration of method `name` was computed at, where they differ
     from the registry's defaults: the bundle manifest's `inference` settings, either the
     method's own (`inference[name]`, a bundle serving several methods with settings of their
-    own) or the family's shared ones, restricted to the method's registry options; options
-    added since the bundle was written at the value it ran with then (`MethodInfo.unrecorded`)."""
+    own) or the family's shared ones, restricted to the method's registry options (see
+    `recorded_inference`)."""
     inference = manifest.get("inference", {})
     if not isinstance(inference, dict):
         return {}
-    recorded = inference.get(name) if isinstance(inference.get(name), dict) else inference
-    recorded = {**METHODS[name].unrecorded, **recorded}
+    own = inference.get(name) if isinstance(inference.get(name), dict) else inference
+    recorded = recorded_inference({"inference": own}, name)
     defaults = METHODS[name].options
     return {key: value for key, value in recorded.items()
             if key in defaults and defaults[key] != value}

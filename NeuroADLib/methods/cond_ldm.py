@@ -47,7 +47,7 @@ from ..networks.conditioned_unet import ConditionedUNetConfig, EncoderConditione
 from ..postprocessing import filtered_in_eroded_brain
 from ..progress import StepCallback
 from ..subject import UNKNOWN, Subject
-from .registry import METHODS
+from .base import recorded_inference
 
 AUTOENCODER_FOLDER, NETWORK_FOLDER, WEIGHTS_STEM = "autoencoder", "network", "cond_ldm"
 
@@ -164,8 +164,7 @@ def load_cond_ldm(folder: str | Path, name: str = "cond_ldm", options: dict | No
     manifest = json.loads((folder / NETWORK_FOLDER / "manifest.json").read_text())
     network = EncoderConditionedNetwork(ConditionedUNetConfig.from_dict(manifest["config"]))
     network.load_state_dict(load_weights(folder / NETWORK_FOLDER, WEIGHTS_STEM))
-    recorded = {**METHODS[name].unrecorded, **bundle.get("inference", {})}
-    settings = CondLDMSettings(**{**recorded, **(options or {})})
+    settings = CondLDMSettings(**{**recorded_inference(bundle, name), **(options or {})})
     return CondLDMModel(autoencoder, network.eval(),
                         GaussianDiffusion.from_dict(manifest["diffusion"]),
                         float(manifest["latent_scale"]), settings)
