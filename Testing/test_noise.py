@@ -100,3 +100,11 @@ def test_a_noise_bank_holds_simplex_fields_and_draws_them_flipped_and_seeded():
                for sample in drawn.flatten(0, 1))  # some were flipped
     with pytest.raises(ValueError, match="fields"):
         bank.sample((1, 1, 20, 24), generator)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_noise_bank_drawn_on_a_gpu_holds_the_cpu_fields_and_stays_on_the_cpu():
+    on_gpu = SimplexNoiseBank.draw(10, 24, 20, seed=3, chunk=4, device="cuda")
+    on_cpu = SimplexNoiseBank.draw(10, 24, 20, seed=3, chunk=4)
+    assert on_gpu.fields.device.type == "cpu"
+    torch.testing.assert_close(on_gpu.fields, on_cpu.fields, atol=1e-4, rtol=0)

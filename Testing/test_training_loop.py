@@ -1,15 +1,21 @@
 """The one training loop: resuming equals an uninterrupted run, a resumed run's log holds
-the whole loss history, and the moving average of the weights follows its closed form."""
+the whole loss history, the moving average of the weights follows its closed form, and a
+SIGTERM stops a run after its step with that step checkpointed."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
 
 import pytest
 import torch
 
+from NeuroADLib.errors import EXIT_CANCELLED, Cancelled
 from NeuroADLib.training.loop import LoopSettings, run_training
 
 
-def _train(folder, steps, ema_decay=0.0, trajectory=None):
+def _train(folder, steps, ema_decay=0.0, trajectory=None, terminate_at=None):
     torch.manual_seed(0)
     module = torch.nn.Linear(3, 1)
     optimiser = torch.optim.SGD(module.parameters(), lr=0.1)
@@ -22,6 +28,8 @@ def _train(folder, steps, ema_decay=0.0, trajectory=None):
         optimiser.step()
         if trajectory is not None:
             trajectory.append(module.weight.detach().clone())
+        if number == terminate_at:
+            os.kill(os.getpid(), signal.SIGTERM)
         return {"mse": loss.item()}
 
     lines = []
@@ -66,3 +74,18 @@ def test_a_run_without_an_average_cannot_be_resumed_with_one(tmp_path):
         _train(tmp_path, 4, ema_decay=0.9)
     with pytest.raises(ValueError, match="ema_decay"):
         _train(tmp_path / "bad", 2, ema_decay=1.0)
+
+
+def test_a_sigterm_stops_after_its_step_checkpointed_and_the_run_resumes_exactly(tmp_path):
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Cancelled, match="stopped at step 4 of 7") as stopped:
+        _train(tmp_path / "parts", 7, terminate_at=3)  # between the checkpoints at 2 and 6
+    assert stopped.value.exit_code == EXIT_CANCELLED
+    assert signal.getsignal(signal.SIGTERM) is handler
+    state = json.loads((tmp_path / "parts" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and len(state["history"]) == 4
+    resumed, history, lines = _train(tmp_path / "parts", 7)
+    direct, direct_history, _ = _train(tmp_path / "direct", 7)
+    assert "resumed at step 4" in lines
+    assert torch.equal(resumed.weight, direct.weight)
+    assert history == direct_history

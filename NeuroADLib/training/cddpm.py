@@ -85,15 +85,16 @@ def train_network(slices: SliceSet, out: Path, training: CDDPMTraining, device: 
         pretrain_encoder(network.encoder, draw, slices.images[0].shape[1:], out / "pretraining",
                          training.pretraining, training.seed, training.checkpoint_every,
                          training.log_every, device, log)
+    noise = training_noise(training, slices, device, log)
     return train_slice_diffusion(slices, out, network, DiffusionProcess(cddpm_diffusion()),
-                                 cddpm_loss, training_noise(training, slices, log), training,
-                                 device, ("cddpm", "l1"), log)
+                                 cddpm_loss, noise, training, device, ("cddpm", "l1"), log)
 
 
-def training_noise(training: CDDPMTraining, slices: SliceSet, log=print) -> NoiseDraw:
+def training_noise(training: CDDPMTraining, slices: SliceSet, device: str = "cpu",
+                   log=print) -> NoiseDraw:
     """The forward process's noise in training: fresh every step, or from a bank of simplex
-    fields drawn once from the seed (`noise_bank` > 0; diffusion/noise.py says why that is
-    as good a draw)."""
+    fields drawn once from the seed on the training `device` (`noise_bank` > 0;
+    diffusion/noise.py says why that is as good a draw)."""
     if not training.noise_bank:
         return forward_noise
     if training.noise != "simplex":
@@ -104,8 +105,9 @@ def training_noise(training: CDDPMTraining, slices: SliceSet, log=print) -> Nois
     def bank() -> SimplexNoiseBank:  # drawn at the first step: not at all for a finished run
         began = time.perf_counter()
         drawn = SimplexNoiseBank.draw(training.noise_bank, *slices.images[0].shape[1:],
-                                      seed=training.seed)
-        log(f"{training.noise_bank} simplex fields drawn in {time.perf_counter() - began:.0f} s")
+                                      seed=training.seed, device=device)
+        log(f"{training.noise_bank} simplex fields drawn on {device} in "
+            f"{time.perf_counter() - began:.0f} s")
         return drawn
 
     return lambda kind, shape, t, generator: bank().sample(shape, generator)

@@ -6,7 +6,8 @@ seeded from (seed, step)) and returns its losses. The loop checkpoints weights (
 and optimiser states (tensor-only torch files, loaded with weights_only) every
 `checkpoint_every` steps and resumes from the last checkpoint (logging the loss history it
 holds again, so that the log of a resumed run is whole), so that a resumed run equals an
-uninterrupted one.
+uninterrupted one. A SIGTERM or SIGINT (a batch system's time limit, Ctrl-C) lets the step under
+way finish, checkpoints it and raises `Cancelled`: no step done is lost.
 
 With `ema_decay` > 0 the loop also keeps an exponential moving average of every module's
 weights (torch's `AveragedModel`, W_ema <- decay W_ema + (1 - decay) W after every step; the
@@ -16,15 +17,19 @@ the raw weights, and hands the averaged weights back in the modules when the run
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import Cancelled
 from .provenance import CHECKPOINT
 
 EMA_SUFFIX = ".ema.safetensors"
@@ -78,28 +83,56 @@ def run_training(folder: Path, modules: dict[str, torch.nn.Module],
             log(f"step {number}/{settings.steps}  "
                 f"{_mean_losses(history[number - settings.log_every:number])}  (checkpoint)")
         log(f"resumed at step {start}")
-    began = time.perf_counter()
-    for number in range(start, settings.steps):
-        rng, generator = step_seeds(settings.seed, number)
-        history.append({"step": number, **step(number, rng, generator)})
+
+    def save(done: int) -> None:
+        for name, module in modules.items():
+            save_file(module.state_dict(), str(checkpoint / f"{name}.safetensors"))
         for name, average in averages.items():
-            average.update_parameters(modules[name])
-        if (number + 1) % settings.log_every == 0:
-            log(f"step {number + 1}/{settings.steps}  "
-                f"{_mean_losses(history[-settings.log_every:])}  "
-                f"{(time.perf_counter() - began) / (number + 1 - start):.3f} s/step")
-        if (number + 1) % settings.checkpoint_every == 0 or number + 1 == settings.steps:
-            for name, module in modules.items():
-                save_file(module.state_dict(), str(checkpoint / f"{name}.safetensors"))
+            save_file(average.module.state_dict(), str(checkpoint / f"{name}{EMA_SUFFIX}"))
+        torch.save({name: o.state_dict() for name, o in optimisers.items()},
+                   checkpoint / "optimisers.pt")
+        (checkpoint / "state.json").write_text(json.dumps({"step": done, "history": history}))
+
+    began = time.perf_counter()
+    with _stop_requests() as stop:
+        for number in range(start, settings.steps):
+            rng, generator = step_seeds(settings.seed, number)
+            history.append({"step": number, **step(number, rng, generator)})
             for name, average in averages.items():
-                save_file(average.module.state_dict(), str(checkpoint / f"{name}{EMA_SUFFIX}"))
-            torch.save({name: o.state_dict() for name, o in optimisers.items()},
-                       checkpoint / "optimisers.pt")
-            (checkpoint / "state.json").write_text(json.dumps({"step": number + 1,
-                                                               "history": history}))
+                average.update_parameters(modules[name])
+            done = number + 1
+            if done % settings.log_every == 0:
+                log(f"step {done}/{settings.steps}  "
+                    f"{_mean_losses(history[-settings.log_every:])}  "
+                    f"{(time.perf_counter() - began) / (done - start):.3f} s/step")
+            stopping = stop.is_set() and done < settings.steps
+            if done % settings.checkpoint_every == 0 or done == settings.steps or stopping:
+                save(done)
+            if stopping:
+                raise Cancelled(f"training stopped at step {done} of {settings.steps}; "
+                                f"{checkpoint} holds every step done: the same command "
+                                f"resumes it, and with --steps {done} finishes it there")
     for name, average in averages.items():
         modules[name].load_state_dict(average.module.state_dict())
     return history
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while the loop runs (in the main thread: signal
+    handlers can only be set there; elsewhere the event is never set), the previous handlers
+    restored afterwards."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in signals}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _moving_averages(modules: dict[str, torch.nn.Module], decay: float
