@@ -9,7 +9,7 @@
 # and optionally checkpoint/ (a run's network/checkpoint); the monai wheel in .whl/.
 # Knobs: BUDGET_S (seconds for the whole script, 540), MAX_STEPS (24000), TRAIN_ARGS (further
 # `neuroad train cddpm` options, e.g. --noise-bank 4096), DEVICE (cuda), PROBE_REPEATS (40),
-# RESERVE_S (seconds kept for preparing the slices, the bank and the calibration, 260).
+# RESERVE_S (seconds kept for preparing the slices, the bank and the calibration, 300).
 #   TRAIN_ARGS="--noise-bank 4096" bash benchmarks/device/train_cddpm_within.sh
 set -euo pipefail
 began=$(date +%s)
@@ -36,7 +36,7 @@ cpu = SimplexNoiseBank.draw(64, 112, 96, seed=0).fields
 print(f"bank on {sys.argv[1]} against the CPU's: max |difference| {(here - cpu).abs().max():.2e}")
 EOF
 steps=$(python3 - "$OUT/probe.txt" "$bundle/network/checkpoint/state.json" "$began" "$budget" \
-    "${RESERVE_S:-260}" "${MAX_STEPS:-24000}" <<'EOF'
+    "${RESERVE_S:-300}" "${MAX_STEPS:-24000}" <<'EOF'
 import json, re, sys, time
 from pathlib import Path
 probe, state, began, budget, reserve, most = sys.argv[1:]
