@@ -296,3 +296,36 @@ def test_complete_healthy_ranges_adds_only_missing_statistics_and_keeps_the_bund
     assert IntensityStandard.load(bundle).noise_ceiling == pytest.approx(full["noise_level"][1])
     # zscore's spread holds the scans' noise already: its scans are not smoothed
     assert load_method("zscore", bundle).standard.noise_ceiling is None
+
+
+def test_preparing_a_cohort_over_processes_gives_what_one_process_gives(tmp_path):
+    from NeuroADLib.training.data import load_split
+    from NeuroADLib.training.harmonisation import (
+        augmented_split,
+        fit_cohort_standard,
+        harmonised_split,
+        map_scans,
+        scan_workers,
+    )
+
+    cohort = fabricated_cohort(tmp_path / "cohort", (24, 28, 24), 20)
+    train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
+    assert scan_workers(len(train.images), 2) == 1  # 15 scans: too few for two processes
+    assert scan_workers(16, 2) == 2 and scan_workers(16, 1) == 1
+
+    def prepared(workers):
+        standard, splits = fit_cohort_standard(train, [train, validation], None,
+                                               workers=workers)
+        augmented = harmonised_split(augmented_split(train, 2, 7, workers=workers), standard,
+                                     workers=workers)
+        return standard, splits + [augmented]
+
+    one, split_one = prepared(1)
+    two, split_two = prepared(2)  # 30 augmented copies: spread over two processes
+    assert one.healthy_ranges == two.healthy_ranges
+    for a, b in zip(split_one, split_two, strict=True):
+        assert a.rows == b.rows
+        assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+    assert len(split_two[2].images) == 2 * len(train.images)
+    with pytest.raises(ValueError, match="as many of each argument"):
+        map_scans(max, [1, 2], [3])

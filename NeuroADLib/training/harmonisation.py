@@ -1,10 +1,20 @@
 """The intensity standard of a training cohort, and cohort scans harmonised to it: shared by
-every trainer, so that each bundle carries the standard its model was trained on."""
+every trainer, so that each bundle carries the standard its model was trained on.
+
+Harmonising and augmenting are independent per scan (numpy and scipy, each augmentation seeded
+by its own arguments), so a cohort's scans are spread over processes, one per available core,
+with the same result as one after the other (a test); a handful of scans stays in-process,
+where starting the processes would cost more than it saves.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..errors import ModelError
@@ -19,9 +29,34 @@ from ..synthesis.acquisition import AcquisitionConfig, augment_acquisition
 from .data import CohortSplit, load_split
 from .provenance import code_version, command_line, file_entry
 
+SCANS_PER_WORKER = 8  # fewer scans than this per process run in-process
+
+
+def scan_workers(scans: int, workers: int | None = None) -> int:
+    """How many processes prepare `scans` scans: `workers`, by default one per core this
+    process may use, but at most one per SCANS_PER_WORKER scans."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    return max(1, min(workers, scans // SCANS_PER_WORKER))
+
+
+def map_scans(function: Callable, *arguments: Iterable, workers: int | None = None) -> list:
+    """[function(*a) for a in zip(*arguments)], in order, over scan_workers processes
+    (spawned: the caller may hold torch's threads, which a forked child must not inherit)."""
+    arguments = [list(values) for values in arguments]
+    if len({len(values) for values in arguments}) > 1:
+        raise ValueError(f"map_scans needs as many of each argument; got "
+                         f"{[len(values) for values in arguments]}")
+    count = scan_workers(len(arguments[0]), workers)
+    if count == 1:
+        return list(map(function, *arguments))
+    with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(function, *arguments, chunksize=2))
+
 
 def fit_cohort_standard(train: CohortSplit, healthy: list[CohortSplit], grid: GridSpec | None,
-                        config: HarmonisationConfig | None = None
+                        config: HarmonisationConfig | None = None, workers: int | None = None
                         ) -> tuple[IntensityStandard, list[CohortSplit]]:
     """The intensity standard of the training scans, with the healthy range of every
     out-of-distribution statistic over all `healthy` splits (training and validation), and
@@ -35,14 +70,15 @@ def fit_cohort_standard(train: CohortSplit, healthy: list[CohortSplit], grid: Gr
         priors = template_tissue_priors(grid)
     spacing = float(grid.spacing[0]) if grid is not None else 2.0
     standard = IntensityStandard.fit(train.images, train.masks, spacing, priors, config)
-    statistics, harmonised_splits = [], []
+    done = map_scans(functools.partial(_harmonised_and_measured, standard),
+                     [image for split in healthy for image in split.images],
+                     [mask for split in healthy for mask in split.masks], workers=workers)
+    harmonised_splits, start = [], 0
     for split in healthy:
-        images = []
-        for image, mask in zip(split.images, split.masks, strict=True):
-            harmonised, measured = _harmonised_and_measured(standard, image, mask)
-            statistics.append(measured)
-            images.append(harmonised)
+        images = [harmonised for harmonised, _ in done[start:start + len(split.images)]]
         harmonised_splits.append(CohortSplit(images, split.masks, split.rows))
+        start += len(split.images)
+    statistics = [measured for _, measured in done]
     return standard.with_healthy_ranges(healthy_ranges(statistics)), harmonised_splits
 
 
@@ -60,26 +96,25 @@ def cohort_grid(cohort: str | os.PathLike) -> GridSpec | None:
     return None
 
 
-def harmonised_split(split: CohortSplit, standard: IntensityStandard) -> CohortSplit:
+def harmonised_split(split: CohortSplit, standard: IntensityStandard,
+                     workers: int | None = None) -> CohortSplit:
     """The split's scans harmonised to the standard (masks and rows unchanged)."""
-    images = [standard.harmonise(image, mask)[0] for image, mask in
-              zip(split.images, split.masks, strict=True)]
-    return CohortSplit(images, split.masks, split.rows)
+    done = map_scans(standard.harmonise, split.images, split.masks, workers=workers)
+    return CohortSplit([harmonised for harmonised, _ in done], split.masks, split.rows)
 
 
 def augmented_split(split: CohortSplit, copies: int, seed: int,
-                    config: AcquisitionConfig | None = None) -> CohortSplit:
+                    config: AcquisitionConfig | None = None, workers: int | None = None
+                    ) -> CohortSplit:
     """`copies` acquisition-augmented versions of every scan (seed + subject index * copies +
     copy), before harmonisation, with the rows repeated alongside."""
-    images, masks, rows = [], [], []
-    for index, (image, mask, row) in enumerate(zip(split.images, split.masks, split.rows,
-                                                   strict=True)):
-        for copy in range(copies):
-            augmented, _ = augment_acquisition(image, mask, seed + index * copies + copy, config)
-            images.append(augmented)
-            masks.append(mask)
-            rows.append(row)
-    return CohortSplit(images, masks, rows)
+    order = [(index, copy) for index in range(len(split.images)) for copy in range(copies)]
+    masks = [split.masks[index] for index, _ in order]
+    done = map_scans(functools.partial(augment_acquisition, config=config),
+                     [split.images[index] for index, _ in order], masks,
+                     [seed + index * copies + copy for index, copy in order], workers=workers)
+    return CohortSplit([augmented for augmented, _ in done], masks,
+                       [split.rows[index] for index, _ in order])
 
 
 def complete_healthy_ranges(bundle: str | os.PathLike, cohort: str | os.PathLike) -> dict:

@@ -90,15 +90,18 @@ class SliceTrainingData:
     train_subjects: list
 
 
-def prepare_slices(cohort: Path, copies: int, seed: int, log=print) -> SliceTrainingData:
+def prepare_slices(cohort: Path, copies: int, seed: int, log=print,
+                   workers: int | None = None) -> SliceTrainingData:
     """The cohort's training scans harmonised (+ `copies` augmented copies each) as a slice
-    pool, its harmonised validation split, and the intensity standard of both."""
+    pool, its harmonised validation split, and the intensity standard of both; the scans
+    spread over `workers` processes (default: one per core; training/harmonisation.py)."""
     began = time.perf_counter()
     train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
     standard, (fitted, validation) = fit_cohort_standard(train, [train, validation],
-                                                         cohort_grid(cohort))
+                                                         cohort_grid(cohort), workers=workers)
     if copies:
-        augmented = harmonised_split(augmented_split(train, copies, seed), standard)
+        augmented = harmonised_split(augmented_split(train, copies, seed, workers=workers),
+                                     standard, workers=workers)
         fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
                              fitted.rows + augmented.rows)
     log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
