@@ -6,7 +6,8 @@
 # loop checkpoint the step under way and stop, so no step done is lost. Brings back the bundle
 # when its calibration ended in time, the checkpoint (to bundle or continue elsewhere with the
 # same command and --steps N, as the shipped cddpm-ixi-2mm was: on an H200 the slices took 195 s
-# to prepare, the bank 23 s, a step 0.030-0.036 s) and the logs. Run from the repository root with, in .device/: ixi_2mm.npz (`neuroad pack CACHE`)
+# to prepare in one process, before they were spread over its cores; the bank 23 s, a step
+# 0.030-0.036 s) and the logs. Run from the repository root with, in .device/: ixi_2mm.npz (`neuroad pack CACHE`)
 # and optionally checkpoint/ (a run's network/checkpoint); the monai wheel in .whl/.
 # Knobs: BUDGET_S (seconds for the whole script, 540), MAX_STEPS (24000), TRAIN_ARGS (further
 # `neuroad train cddpm` options, e.g. --noise-bank 4096), DEVICE (cuda), PROBE_REPEATS (40),
