@@ -128,6 +128,7 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deleteModelButton.clicked.connect(self.onDeleteModel)
         self.ui.openModelsFolderButton.clicked.connect(self.onOpenModelsFolder)
         self.ui.refreshModelsButton.clicked.connect(self.refreshModels)
+        self.ui.recalibrateModelButton.clicked.connect(self.onRecalibrateModel)
         self.ui.visitsTableWidget.setHorizontalHeaderLabels([_("Volume"), _("Age (years)")])
         self.ui.addVisitButton.clicked.connect(self.onAddVisit)
         self.ui.removeVisitButton.clicked.connect(self.onRemoveVisit)
@@ -514,6 +515,48 @@ class NeuroADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("The model could not be deleted.")):
             delete_bundle(modelId)
+        self.refreshModels()
+
+    def onRecalibrateModel(self) -> None:
+        """The selected model's method recalibrated on a folder of the site's healthy controls
+        (logic.recalibrate's RecalibrationRun), with a progress dialog that can cancel it."""
+        from NeuroADLib.models import list_bundles
+
+        bundle = next((b for b in list_bundles() if b.id == self.selectedModelId()), None)
+        if bundle is None:
+            slicer.util.warningDisplay(_("Select the model to recalibrate in the table."),
+                                       windowTitle=_("Models"))
+            return
+        controls = qt.QFileDialog.getExistingDirectory(
+            self.parent, _("Healthy controls: a folder with participants.csv and the scans"))
+        if not controls or not self.logic.ensureDependencies():
+            return
+        device = DEVICES[self._parameterNode.device] if self._parameterNode else "auto"
+        run = runs.RecalibrationRun(bundle.method, controls, None, device,
+                                    self.logic.workerSettings)
+        dialog = slicer.util.createProgressDialog(
+            parent=self.parent, maximum=100, windowTitle=_("Recalibrating {method}").format(
+                method=bundle.method))
+
+        def follow() -> None:
+            slicer.app.processEvents()
+            dialog.labelText = run.progress.stage
+            dialog.value = int(100 * run.progress.fraction)
+            if dialog.wasCanceled:
+                run.cancel()
+
+        try:
+            runs.runToCompletion(run, idle=follow, onEvent=_logEvent)
+        except runs.RunError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Models"),
+                                     detailedText=error.details)
+            return
+        finally:
+            dialog.close()
+        slicer.util.infoDisplay(_("{method} recalibrated on {controls}: {bundle} is in your "
+                                  "model store and serves {method} from now on.").format(
+                                      method=bundle.method, controls=controls,
+                                      bundle=run.bundle.name), windowTitle=_("Models"))
         self.refreshModels()
 
     def onOpenModelsFolder(self) -> None:
