@@ -257,10 +257,11 @@ def resolve_loader(target: str) -> Loader:
     return loader
 
 
-def recorded_inference(manifest: dict, name: str) -> dict:
-    """The inference settings a bundle runs with: its manifest's `inference`, with the options
-    added since it was written at the value it ran with then (`MethodInfo.unrecorded`)."""
-    return {**METHODS[name].unrecorded, **manifest.get("inference", {})}
+def recorded_inference(inference: dict, name: str) -> dict:
+    """The settings a bundle runs method `name` with: the `inference` settings its manifest
+    records, with the options added since it was written at the value it ran with then
+    (`MethodInfo.unrecorded`)."""
+    return {**METHODS[name].unrecorded, **inference}
 
 
 def calibrated_options(manifest: dict, name: str) -> dict:
@@ -273,7 +274,7 @@ def calibrated_options(manifest: dict, name: str) -> dict:
     if not isinstance(inference, dict):
         return {}
     own = inference.get(name) if isinstance(inference.get(name), dict) else inference
-    recorded = recorded_inference({"inference": own}, name)
+    recorded = recorded_inference(own, name)
     defaults = METHODS[name].options
     return {key: value for key, value in recorded.items()
             if key in defaults and defaults[key] != value}

@@ -164,7 +164,8 @@ def load_cond_ldm(folder: str | Path, name: str = "cond_ldm", options: dict | No
     manifest = json.loads((folder / NETWORK_FOLDER / "manifest.json").read_text())
     network = EncoderConditionedNetwork(ConditionedUNetConfig.from_dict(manifest["config"]))
     network.load_state_dict(load_weights(folder / NETWORK_FOLDER, WEIGHTS_STEM))
-    settings = CondLDMSettings(**{**recorded_inference(bundle, name), **(options or {})})
+    recorded = recorded_inference(bundle.get("inference", {}), name)
+    settings = CondLDMSettings(**{**recorded, **(options or {})})
     return CondLDMModel(autoencoder, network.eval(),
                         GaussianDiffusion.from_dict(manifest["diffusion"]),
                         float(manifest["latent_scale"]), settings)
