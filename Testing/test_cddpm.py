@@ -107,6 +107,24 @@ def test_reconstruction_is_the_mean_of_one_step_estimates_over_the_levels(tiny_b
                           atol=1e-5)
 
 
+def test_draws_average_one_step_estimates_over_levels_and_noise_draws(tiny_bundle):
+    _, bundle = tiny_bundle
+    model = load_cddpm(bundle, options={"levels": 2, "draws": 3})
+    assert model.settings.ensemble() == [250, 750] * 3
+    x0 = torch.rand(2, 1, 32, 32)
+    noises = model.level_noises(2, (32, 32))
+    assert noises.shape == (2, 6, 1, 32, 32)
+    assert not torch.equal(noises[:, 0], noises[:, 2])  # each draw its own noise
+    estimates = []
+    with torch.no_grad():
+        for k, level in enumerate(model.settings.ensemble()):
+            t = torch.full((2,), level)
+            xt = model.diffusion.q_sample(2 * x0 - 1, t, noises[:, k])
+            estimates.append((model.network(xt, t, 2 * x0 - 1) + 1) / 2)
+    assert torch.allclose(model.reconstruct(x0, noises), torch.stack(estimates).mean(0),
+                          atol=1e-5)
+
+
 def test_map_is_the_filtered_residual_inside_the_eroded_brain(tiny_bundle):
     _, bundle = tiny_bundle
     shape = (32, 32, 32)

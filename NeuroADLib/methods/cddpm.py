@@ -4,9 +4,10 @@ the 2 mm grid.
 Inference (sections 3.1-3.2 and 4.3), slice batch by slice batch:
     c = F_enc(x0)                                   the context of the noise-free slice
     for t_test in {250, 500, 750}:                  the ensemble of noise levels
-        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,   eps simplex noise
-        x_rec(t_test) = f_theta(x_t, t_test, c)     one step: the network predicts x0
-    x_rec = mean over t_test of x_rec(t_test)
+        for each of `draws` noise draws (1: the paper)
+            x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,   eps simplex noise
+            x_rec(t_test, eps) = f_theta(x_t, t_test, c)    one step: the network predicts x0
+    x_rec = mean over t_test and eps of x_rec(t_test, eps)
     R = |x0 - x_rec|                                the residual map
 then, on the volume: a 5^3 median filter and the brain mask eroded 3 times (section 4.3).
 
@@ -43,6 +44,7 @@ class CDDPMSettings:
     t_min: int = 250  # the ensemble's lowest noise level
     t_max: int = 750  # its highest
     levels: int = 3  # noise levels from t_min to t_max, evenly spaced; 1: their midpoint
+    draws: int = 1  # noise draws per level, averaged (1: the paper; more: a quieter estimate)
     median_size: int = 5  # median filter side (voxels); 1: none
     erosion: int = 3  # brain-mask erosions before scoring
     seed: int = 42
@@ -51,6 +53,10 @@ class CDDPMSettings:
         if self.levels == 1:
             return [(self.t_min + self.t_max) // 2]
         return [int(round(t)) for t in np.linspace(self.t_min, self.t_max, self.levels)]
+
+    def ensemble(self) -> list[int]:
+        """The noise level of every one-step estimate: the levels, once per draw."""
+        return self.noise_levels() * self.draws
 
 
 def cddpm_diffusion() -> DiffusionConfig:
@@ -92,13 +98,14 @@ class CDDPMModel:
         return self
 
     def level_noises(self, count: int, slice_shape: tuple[int, int]) -> torch.Tensor:
-        """eps of every brain slice at every noise level, drawn from the seed so that the
-        result does not depend on how slices are batched: (count, levels, 1, y, x). Slice k's
+        """eps of every brain slice for every estimate of the ensemble, drawn from the seed so
+        that the result does not depend on how slices are batched: (count, estimates, 1, y,
+        x). Slice k's
         noise does not depend on `count` either (the draws go slice by slice), so the noise is
         drawn once per slice shape and kept: simplex noise costs more than the network."""
         bank = self.noise_bank.get(tuple(slice_shape))
         if bank is None or len(bank) < count:
-            levels = self.settings.noise_levels()
+            levels = self.settings.ensemble()
             generator = torch.Generator().manual_seed(self.settings.seed)
             t = torch.tensor(levels).repeat(count)
             bank = forward_noise(self.noise, (count * len(levels), 1, *slice_shape), t,
@@ -109,8 +116,9 @@ class CDDPMModel:
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
         """The ensemble's mean one-step reconstruction of slices x0 (n, 1, y, x) on [0, 1];
-        `noises` (n, levels, 1, y, x). All levels of the batch go through the network at once."""
-        levels = self.settings.noise_levels()
+        `noises` (n, estimates, 1, y, x). The whole ensemble of the batch goes through the
+        network at once."""
+        levels = self.settings.ensemble()
         n = len(x0)
         x = to_network(x0)
         t = torch.tensor(levels, device=x.device).repeat_interleave(n)
@@ -142,7 +150,7 @@ class CDDPMModel:
             healthy[batch] = x_rec * masks
             return np.abs(slices - x_rec) * masks
 
-        levels = len(self.settings.noise_levels())
+        levels = len(self.settings.ensemble())
         batch_size = self.batch_size or max(1, slice_batch_size(image.shape[1:]) // levels)
         residual = map_slices(image, brain, process, batch_size, on_step)
         return filtered_in_eroded_brain(residual, brain, self.settings.median_size,

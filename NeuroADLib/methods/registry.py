@@ -109,12 +109,13 @@ MAD_AD_OPTION_SPECS = {
 
 # cDDPM's inference knobs and the paper's defaults (CDDPMSettings mirrors them; a test keeps
 # the two equal). Its diffusion has T = 1000 levels.
-CDDPM_OPTIONS = {"t_min": 250, "t_max": 750, "levels": 3, "median_size": 5, "erosion": 3,
-                 "seed": 42}
+CDDPM_OPTIONS = {"t_min": 250, "t_max": 750, "levels": 3, "draws": 1, "median_size": 5,
+                 "erosion": 3, "seed": 42}
 CDDPM_OPTION_SPECS = {
     "t_min": OptionSpec(int, 0, 999),
     "t_max": OptionSpec(int, 0, 999),
     "levels": OptionSpec(int, 1, 10),
+    "draws": OptionSpec(int, 1, 16),
     "median_size": OptionSpec(int, 1, 9),
     "erosion": OptionSpec(int, 0, 10),
     "seed": OptionSpec(int, 0, 2**32 - 1),
