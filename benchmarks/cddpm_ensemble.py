@@ -15,14 +15,13 @@ with the 99th percentile of the healthy cases' maps (the floor a lesion has to r
 from __future__ import annotations
 
 import argparse
-import itertools
 
 import numpy as np
 import torch
 
 from NeuroADLib.evaluation import metrics
 from NeuroADLib.evaluation.harness import CaseVolumes
-from NeuroADLib.methods.base import load_method
+from NeuroADLib.methods.base import LoadedMethod, load_method
 from NeuroADLib.postprocessing import filtered_in_eroded_brain
 
 LEVELS = (250, 500, 750)
@@ -33,16 +32,19 @@ ENSEMBLES = {"paper: 250/500/750, 1 draw": ((0, 1, 2), 1), "250/500/750, 2 draws
              "500/750, 4 draws": ((1, 2), 4)}
 
 
-def reconstructions(bundle: str, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray,
-                                                                               np.ndarray]:
+def one_step_methods(bundle: str) -> list[list[LoadedMethod]]:
+    """cDDPM at each single level (rows) and seed (columns), loaded once: each keeps the noise
+    it drew for the slice shape, so later cases reuse it."""
+    return [[load_method("cddpm", bundle, {"t_min": level, "t_max": level, "levels": 1,
+                                           "seed": seed}) for seed in SEEDS] for level in LEVELS]
+
+
+def reconstructions(methods: list[list[LoadedMethod]], image: np.ndarray, brain: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The harmonised scan and its one-step reconstructions, (levels, seeds, *grid)."""
-    recs = np.zeros((len(LEVELS), len(SEEDS), *image.shape), np.float32)
-    harmonised = None
-    for (i, level), (j, seed) in itertools.product(enumerate(LEVELS), enumerate(SEEDS)):
-        method = load_method("cddpm", bundle, {"t_min": level, "t_max": level, "levels": 1,
-                                               "seed": seed})
-        harmonised, _, _ = method.harmonise(image, brain)
-        recs[i, j] = method.model.predict(harmonised, brain)[1]
+    harmonised, _, _ = methods[0][0].harmonise(image, brain)  # one intensity standard for all
+    recs = np.stack([[method.model.predict(harmonised, brain)[1] for method in row]
+                     for row in methods])
     return harmonised, recs
 
 
@@ -55,6 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     volumes = CaseVolumes(args.cases)
+    methods = one_step_methods(args.bundle)
+    post = methods[0][0].model.settings  # the bundle's median filter and erosion
     first, last = (int(k) for k in args.subjects.split(":"))
     subjects = list(dict.fromkeys(case["subject"] for case in volumes.cases))[first:last]
     draw_spread, error = [], []
@@ -62,13 +66,14 @@ def main() -> None:
     floor = {name: [] for name in ENSEMBLES}
     for case in (c for c in volumes.cases if c["subject"] in subjects):
         brain, lesion = volumes.read(case, "brain_mask"), volumes.read(case, "lesion_mask")
-        x, recs = reconstructions(args.bundle, volumes.read(case, "image"), brain)
+        x, recs = reconstructions(methods, volumes.read(case, "image"), brain)
         if lesion is None:
             draw_spread.append([np.abs(r[0] - r[1])[brain].mean() for r in recs])
             error.append([np.abs(x - r[0])[brain].mean() for r in recs])
         for name, (levels, draws) in ENSEMBLES.items():
             rec = recs[list(levels), :draws].mean(axis=(0, 1))
-            anomaly = filtered_in_eroded_brain(np.abs(x - rec) * brain, brain, 5, 3)
+            anomaly = filtered_in_eroded_brain(np.abs(x - rec) * brain, brain,
+                                               post.median_size, post.erosion)
             if lesion is None:
                 floor[name].append(np.quantile(anomaly[brain], 0.99))
             else:

@@ -100,16 +100,16 @@ class CDDPMModel:
     def level_noises(self, count: int, slice_shape: tuple[int, int]) -> torch.Tensor:
         """eps of every brain slice for every estimate of the ensemble, drawn from the seed so
         that the result does not depend on how slices are batched: (count, estimates, 1, y,
-        x). Slice k's
-        noise does not depend on `count` either (the draws go slice by slice), so the noise is
-        drawn once per slice shape and kept: simplex noise costs more than the network."""
+        x). Slice k's noise does not depend on `count` either (the draws go slice by slice),
+        so the noise is drawn once per slice shape and kept: simplex noise costs more than the
+        network."""
         bank = self.noise_bank.get(tuple(slice_shape))
         if bank is None or len(bank) < count:
-            levels = self.settings.ensemble()
+            ensemble = self.settings.ensemble()
             generator = torch.Generator().manual_seed(self.settings.seed)
-            t = torch.tensor(levels).repeat(count)
-            bank = forward_noise(self.noise, (count * len(levels), 1, *slice_shape), t,
-                                 generator).reshape(count, len(levels), 1, *slice_shape)
+            t = torch.tensor(ensemble).repeat(count)
+            bank = forward_noise(self.noise, (count * len(ensemble), 1, *slice_shape), t,
+                                 generator).reshape(count, len(ensemble), 1, *slice_shape)
             self.noise_bank[tuple(slice_shape)] = bank
         return bank[:count]
 
@@ -118,15 +118,15 @@ class CDDPMModel:
         """The ensemble's mean one-step reconstruction of slices x0 (n, 1, y, x) on [0, 1];
         `noises` (n, estimates, 1, y, x). The whole ensemble of the batch goes through the
         network at once."""
-        levels = self.settings.ensemble()
+        ensemble = self.settings.ensemble()
         n = len(x0)
         x = to_network(x0)
-        t = torch.tensor(levels, device=x.device).repeat_interleave(n)
-        stacked = x.repeat(len(levels), 1, 1, 1)
+        t = torch.tensor(ensemble, device=x.device).repeat_interleave(n)
+        stacked = x.repeat(len(ensemble), 1, 1, 1)
         xt = self.diffusion.q_sample(stacked, t, noises.transpose(0, 1).reshape(stacked.shape))
         output = self.network(xt, t, stacked)
         x_rec, _ = self.diffusion.x0_and_eps(output, xt, t)
-        return from_network(x_rec.reshape(len(levels), n, *x0.shape[1:]).mean(dim=0))
+        return from_network(x_rec.reshape(len(ensemble), n, *x0.shape[1:]).mean(dim=0))
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +150,8 @@ class CDDPMModel:
             healthy[batch] = x_rec * masks
             return np.abs(slices - x_rec) * masks
 
-        levels = len(self.settings.ensemble())
-        batch_size = self.batch_size or max(1, slice_batch_size(image.shape[1:]) // levels)
+        estimates = len(self.settings.ensemble())
+        batch_size = self.batch_size or max(1, slice_batch_size(image.shape[1:]) // estimates)
         residual = map_slices(image, brain, process, batch_size, on_step)
         return filtered_in_eroded_brain(residual, brain, self.settings.median_size,
                                         self.settings.erosion), healthy
