@@ -1,14 +1,16 @@
 """Does MAD-AD's mask head see the lesions?
 
-MAD-AD restores only the latent positions its mask head flags (eq. 6), so a lesion it does not
-flag at the first reverse step, where the clean latent of the scan is read as the last level
-of the masked forward process, stays in the pseudo-healthy image and out of the map. For the
-cases of a benchmark manifest, on every modelled axial slice: the mask head's probability at
-that first step for each latent brain position, split into positions that touch a lesion and
-the others (healthy cases: all brain positions). Prints the share flagged (probability above
-the bundle's mask threshold) of each, the mean probability, and the AUROC of the probability
-as a score for lesion against non-lesion brain positions (0.5: the head does not tell them
-apart).
+MAD-AD restores only the latent positions its mask head flags (eq. 6). It starts from the clean
+latent of the scan, read as the last level of the masked forward process, and a position the
+head does not flag stays as it is, so at every reverse step until one is flagged the head reads
+that clean latent at the step's level: a lesion the head never flags on the clean latent stays
+in the pseudo-healthy image and out of the map. For the cases of a benchmark manifest, on
+every modelled axial slice and at every level t of the reverse chain, the head's probability
+for the clean latent at each latent brain position, split into positions that touch a lesion
+and the others (healthy cases: all brain positions). Prints per level the share flagged
+(probability above the bundle's mask threshold) of each and the AUROC of the probability as a
+score for lesion against other brain positions (mean over the lesioned cases; 0.5: the head
+does not tell them apart).
 
     python benchmarks/mad_ad_mask_head.py --bundle MODELS/mad_ad \
         --cases BENCH/synthetic/cases_10_subjects.csv
@@ -21,6 +23,7 @@ import argparse
 import numpy as np
 import torch
 
+from NeuroADLib.diffusion.process import respaced_levels
 from NeuroADLib.evaluation import metrics
 from NeuroADLib.evaluation.harness import CaseVolumes
 from NeuroADLib.methods.base import load_method
@@ -29,19 +32,20 @@ from NeuroADLib.slices import brain_slices
 
 
 @torch.no_grad()
-def first_step_mask(model, image: np.ndarray, brain: np.ndarray, lesion: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The mask-head probability at the first reverse step for every latent brain position of
-    the modelled slices, and which of those positions touch a lesion."""
+def clean_latent_masks(model, image: np.ndarray, brain: np.ndarray, lesion: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The mask-head probability of the clean latent at every level of the reverse chain,
+    (levels, latent brain positions of the modelled slices), first level first, and which of
+    those positions touch a lesion."""
     indices = brain_slices(brain)
     factor = model.autoencoder.downsampling
-    x = torch.from_numpy(image[indices, None].astype(np.float32))
-    z = model.encode(x)
-    first = torch.full((len(z),), model.diffusion.num_timesteps - 1)
-    probability = torch.sigmoid(model.denoiser(z, first)[1])
+    z = model.encode(torch.from_numpy(image[indices, None].astype(np.float32)))
     in_brain = latent_brain(torch.from_numpy(brain[indices, None]), factor) > 0
     touches = latent_brain(torch.from_numpy(lesion[indices, None]), factor) > 0
-    return probability[in_brain].numpy(), touches[in_brain].numpy()
+    levels = respaced_levels(model.diffusion.num_timesteps, model.settings.steps)
+    probability = [torch.sigmoid(model.denoiser(z, torch.full((len(z),), t))[1])[in_brain]
+                   for t in levels]
+    return torch.stack(probability).numpy(), touches[in_brain].numpy()
 
 
 def main() -> None:
@@ -54,27 +58,28 @@ def main() -> None:
     method = load_method("mad_ad", args.bundle)
     threshold = method.model.settings.mask_threshold
     volumes = CaseVolumes(args.cases)
-    healthy, lesioned, aurocs = [], [], []
+    levels = respaced_levels(method.model.diffusion.num_timesteps, method.model.settings.steps)
+    healthy, lesion_positions, other_positions, aurocs = [], [], [], []
     for case in volumes.cases:
         brain = volumes.read(case, "brain_mask")
         lesion = volumes.read(case, "lesion_mask")
         image, _, _ = method.harmonise(volumes.read(case, "image"), brain)
-        probability, touches = first_step_mask(
+        probability, touches = clean_latent_masks(
             method.model, image, brain, lesion if lesion is not None else np.zeros_like(brain))
         if lesion is None:
-            healthy.append(probability)
+            healthy.append(probability > threshold)
             continue
-        lesioned.append((probability[touches], probability[~touches]))
-        aurocs.append(metrics.voxel_auroc(probability, touches))
-    rows = [("healthy cases, brain", np.concatenate(healthy)),
-            ("lesioned cases, lesion positions", np.concatenate([p for p, _ in lesioned])),
-            ("lesioned cases, other brain", np.concatenate([o for _, o in lesioned]))]
-    print(f"{len(healthy)} healthy and {len(lesioned)} lesioned cases; mask threshold "
-          f"{threshold}\n\n| latent positions | flagged | mean probability |\n|---|---|---|")
-    for name, values in rows:
-        print(f"| {name} | {np.mean(values > threshold):.1%} | {values.mean():.3f} |")
-    print(f"\nAUROC of the first-step probability, lesion against other brain positions, "
-          f"mean over cases: {np.mean(aurocs):.3f}")
+        lesion_positions.append(probability[:, touches] > threshold)
+        other_positions.append(probability[:, ~touches] > threshold)
+        aurocs.append([metrics.voxel_auroc(p, touches) for p in probability])
+    flagged = [np.concatenate(group, axis=1).mean(axis=1)
+               for group in (healthy, lesion_positions, other_positions)]
+    print(f"{len(healthy)} healthy and {len(aurocs)} lesioned cases; mask threshold {threshold}"
+          "\n\n| level t | flagged: healthy brain | lesion | other brain (lesioned cases) "
+          "| AUROC lesion against other |\n|---|---|---|---|---|")
+    for k, t in enumerate(levels):
+        print(f"| {t} | {flagged[0][k]:.1%} | {flagged[1][k]:.1%} | {flagged[2][k]:.1%} "
+              f"| {np.mean(aurocs, axis=0)[k]:.3f} |")
 
 
 if __name__ == "__main__":
