@@ -32,17 +32,16 @@ from NeuroADLib.slices import brain_slices
 
 
 @torch.no_grad()
-def clean_latent_masks(model, image: np.ndarray, brain: np.ndarray, lesion: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """The mask-head probability of the clean latent at every level of the reverse chain,
-    (levels, latent brain positions of the modelled slices), first level first, and which of
-    those positions touch a lesion."""
+def clean_latent_masks(model, image: np.ndarray, brain: np.ndarray, lesion: np.ndarray,
+                       levels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The mask-head probability of the clean latent at each of the reverse chain's `levels`,
+    (levels, latent brain positions of the modelled slices), and which of those positions
+    touch a lesion."""
     indices = brain_slices(brain)
     factor = model.autoencoder.downsampling
     z = model.encode(torch.from_numpy(image[indices, None].astype(np.float32)))
     in_brain = latent_brain(torch.from_numpy(brain[indices, None]), factor) > 0
     touches = latent_brain(torch.from_numpy(lesion[indices, None]), factor) > 0
-    levels = respaced_levels(model.diffusion.num_timesteps, model.settings.steps)
     probability = [torch.sigmoid(model.denoiser(z, torch.full((len(z),), t))[1])[in_brain]
                    for t in levels]
     return torch.stack(probability).numpy(), touches[in_brain].numpy()
@@ -65,7 +64,8 @@ def main() -> None:
         lesion = volumes.read(case, "lesion_mask")
         image, _, _ = method.harmonise(volumes.read(case, "image"), brain)
         probability, touches = clean_latent_masks(
-            method.model, image, brain, lesion if lesion is not None else np.zeros_like(brain))
+            method.model, image, brain, lesion if lesion is not None else np.zeros_like(brain),
+            levels)
         if lesion is None:
             healthy.append(probability > threshold)
             continue
@@ -74,12 +74,13 @@ def main() -> None:
         aurocs.append([metrics.voxel_auroc(p, touches) for p in probability])
     flagged = [np.concatenate(group, axis=1).mean(axis=1)
                for group in (healthy, lesion_positions, other_positions)]
+    auroc = np.mean(aurocs, axis=0)
     print(f"{len(healthy)} healthy and {len(aurocs)} lesioned cases; mask threshold {threshold}"
           "\n\n| level t | flagged: healthy brain | lesion | other brain (lesioned cases) "
           "| AUROC lesion against other |\n|---|---|---|---|---|")
     for k, t in enumerate(levels):
         print(f"| {t} | {flagged[0][k]:.1%} | {flagged[1][k]:.1%} | {flagged[2][k]:.1%} "
-              f"| {np.mean(aurocs, axis=0)[k]:.3f} |")
+              f"| {auroc[k]:.3f} |")
 
 
 if __name__ == "__main__":
