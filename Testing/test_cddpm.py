@@ -139,6 +139,15 @@ def test_map_is_the_filtered_residual_inside_the_eroded_brain(tiny_bundle):
 
     expected = median_filter(anomaly, 3) * erode_brain_mask(brain > 0, 2)
     assert np.allclose(filtered, expected, atol=1e-6)
+    from scipy.ndimage import gaussian_filter
+
+    smoothed, _ = load_cddpm(bundle, options={"median_size": 3, "gaussian_sigma": 1.5,
+                                              "erosion": 1}).predict(image, brain)
+    expected = gaussian_filter(median_filter(anomaly, 3), 1.5) * erode_brain_mask(brain > 0, 1)
+    assert np.allclose(smoothed, expected, atol=1e-6)
+    assert not np.allclose(smoothed, median_filter(anomaly, 3) * erode_brain_mask(brain > 0, 1))
+    with pytest.raises(ValueError, match="gaussian_sigma"):
+        validate_options("cddpm", {"gaussian_sigma": 6.0})
 
 
 def test_slice_batching_does_not_change_the_map(tiny_bundle):

@@ -1,5 +1,7 @@
 """Normative map calibration: a method's map as a z-map against its own healthy maps."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,8 @@ def test_normative_maps_remove_a_systematic_error_by_location():
     half = raw_flagged.size // 2
     assert raw_flagged.reshape(-1)[:half].sum() == 0 and raw_flagged.reshape(-1)[-50:].any()
     assert norm_flagged.reshape(-1)[:half].any() and norm_flagged.mean() < 0.15
-    threshold, flagged = normative_threshold(maps, masks, 0.05)
+    threshold, flagged = normative_threshold(maps, masks, 0.05,
+                                             smoothing_sigma=calibration.smoothing_sigma)
     assert threshold == calibration.normative_threshold
     assert calibration.normative_flagged_range == [min(flagged), max(flagged)]
 
@@ -86,8 +89,6 @@ def test_a_method_outputs_the_map_its_calibration_names():
 
 
 def test_the_chosen_map_is_recorded_and_the_bundle_still_verifies(tmp_path):
-    import json
-
     from NeuroADLib.hashing import sha256
     from NeuroADLib.models.bundles import Bundle, verify_bundle
     from NeuroADLib.training.map_choice import choose_map
@@ -104,8 +105,54 @@ def test_the_chosen_map_is_recorded_and_the_bundle_still_verifies(tmp_path):
         choose_map(tmp_path, "calibration_m", "normative", {})
     chosen = choose_map(tmp_path, "calibration_m", "normative", {"ap": 0.5}, maps, masks)
     assert chosen.map_kind == "normative"
-    assert chosen.normative_threshold == normative_threshold(maps, masks)[0]
+    assert chosen.normative_threshold == normative_threshold(
+        maps, masks, smoothing_sigma=old.smoothing_sigma)[0]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["map_choice"]["calibration_m"] == {"map": "normative", "figures": {"ap": 0.5}}
     verify_bundle(Bundle(tmp_path, manifest))
+    with pytest.raises(ValueError, match="recalibrate"):  # figures at another smoothing
+        choose_map(tmp_path, "calibration_m", "raw", {"ap": 0.4}, maps, masks,
+                   smoothing_sigma=old.smoothing_sigma + 1)
     assert Calibration.load(tmp_path, "calibration_m").map_kind == "normative"
+
+
+def test_smoothed_statistics_pool_the_variance_of_a_neighbourhood():
+    """Variance smoothing (SnPM's pseudo-t): the mean stays each voxel's own; the variance is
+    G * (summed squared deviations) / G * (covering count), which a closed form gives where
+    every voxel's deviations are alike, and which tames the voxels where a few subjects
+    happened to agree."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    shape = (9, 10, 11)
+    signs = rng.choice([-1.0, 1.0], size=(5, *shape))
+    spread = np.array([0.0, 0.5, 1.0, 1.5, 2.0])[:, None, None, None]
+    maps = [m for m in 3.0 + signs * spread]  # every voxel: the same |deviations|
+    masks = [np.ones(shape, bool)] * 5
+    smoothed = ReferenceStatistics.from_healthy_maps(maps, masks, smoothing_sigma=1.5)
+    plain = ReferenceStatistics.from_healthy_maps(maps, masks)
+    np.testing.assert_allclose(smoothed.mean, plain.mean)
+    squares = ((np.stack(maps) - plain.mean) ** 2).sum(axis=0)
+    expected = np.sqrt(gaussian_filter(squares, 1.5, mode="constant")
+                       / gaussian_filter(np.full(shape, 5.0), 1.5, mode="constant"))
+    np.testing.assert_allclose(smoothed.std, expected, rtol=1e-6)
+
+    noisy = [rng.normal(size=shape) for _ in range(5)]
+    new = rng.normal(size=shape)
+    z = {sigma: normative_map(new, ReferenceStatistics.from_healthy_maps(
+        noisy, masks, smoothing_sigma=sigma), masks[0]).max() for sigma in (0.0, 2.0)}
+    assert z[2.0] < z[0.0] / 2  # five subjects' std of a voxel can be near 0; pooled it is not
+
+
+def test_calibrations_record_their_smoothing(tmp_path):
+    maps, masks = _healthy()
+    calibration = Calibration.from_healthy_maps(maps, masks, smoothing_sigma=1.0)
+    np.testing.assert_allclose(
+        calibration.reference.std,
+        ReferenceStatistics.from_healthy_maps(maps, masks, smoothing_sigma=1.0).std)
+    calibration.save(tmp_path, "c")
+    assert Calibration.load(tmp_path, "c").smoothing_sigma == 1.0
+    meta = json.loads((tmp_path / "c.json").read_text())
+    del meta["smoothing_sigma"]  # a calibration made before smoothing
+    (tmp_path / "c.json").write_text(json.dumps(meta))
+    assert Calibration.load(tmp_path, "c").smoothing_sigma == 0.0

@@ -74,6 +74,12 @@ def test_options_become_the_bundles_and_the_threshold_is_measured_at_them(cond_l
                                  "median_size": 3, "erosion": 1, "samples": 2}
     assert record["replaced"]["options"] == {**record["options"], "t_int": 50, "samples": 1}
     assert record["subjects"] == ["s0", "s4"]
+    from NeuroADLib.methods.base import REFERENCE_SMOOTHING_SIGMA
+
+    # the statistics are smoothed as calibrations are now, whatever the old one did
+    assert record["smoothing_sigma"] == REFERENCE_SMOOTHING_SIGMA
+    assert record["replaced"]["smoothing_sigma"] == load_method(
+        "cond_ldm", bundle).calibration.smoothing_sigma
 
     method = load_method("cond_ldm", result.folder)
     assert (method.model.settings.samples, method.model.settings.t_int) == (2, 30)

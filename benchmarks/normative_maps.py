@@ -27,7 +27,7 @@ import numpy as np
 
 from NeuroADLib.evaluation import metrics
 from NeuroADLib.evaluation.harness import CaseVolumes
-from NeuroADLib.methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION
+from NeuroADLib.methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, REFERENCE_SMOOTHING_SIGMA
 from NeuroADLib.methods.registry import METHODS
 from NeuroADLib.postprocessing import (
     ReferenceStatistics,
@@ -62,7 +62,8 @@ def flagged(anomaly: np.ndarray, brain: np.ndarray, threshold: float,
 
 def compare(method: str, results: Path, volumes: CaseVolumes, real_results: Path | None,
             real: CaseVolumes | None, clinical_results: Path | None = None,
-            clinical: CaseVolumes | None = None) -> dict:
+            clinical: CaseVolumes | None = None,
+            smoothing_sigma: float = REFERENCE_SMOOTHING_SIGMA) -> dict:
     cases = [c for c in volumes.cases if c["contrast"] == "t1"]
     maps = load_maps(results, method, cases)
     healthy = [c for c in cases if c["kind"] == "healthy" and c["case"] in maps]
@@ -71,10 +72,11 @@ def compare(method: str, results: Path, volumes: CaseVolumes, real_results: Path
     healthy_maps = [maps[c["case"]] for c in healthy]
     healthy_masks = [brains[c["subject"]] for c in healthy]
     reference = ReferenceStatistics.from_healthy_maps(healthy_maps, healthy_masks,
-                                                      INDEX_TOP_FRACTION)
+                                                      INDEX_TOP_FRACTION, smoothing_sigma)
     raw_threshold = healthy_calibrated_threshold(healthy_maps, healthy_masks, HEALTHY_FPR)
     norm_threshold, norm_flagged = normative_threshold(healthy_maps, healthy_masks,
-                                                       HEALTHY_FPR, INDEX_TOP_FRACTION)
+                                                       HEALTHY_FPR, INDEX_TOP_FRACTION,
+                                                       smoothing_sigma)
     rows = {"raw": [], "normative": []}
     index = {"raw": {"healthy": [], "lesioned": []},
              "normative": {"healthy": [], "lesioned": []}}
@@ -82,7 +84,7 @@ def compare(method: str, results: Path, volumes: CaseVolumes, real_results: Path
         others = [j for j in range(len(healthy)) if j != k]
         loo = ReferenceStatistics.from_healthy_maps([healthy_maps[j] for j in others],
                                                     [healthy_masks[j] for j in others],
-                                                    INDEX_TOP_FRACTION)
+                                                    INDEX_TOP_FRACTION, smoothing_sigma)
         brain = healthy_masks[k]
         raw = healthy_maps[k]
         norm = normative_map(raw, loo, brain)
@@ -152,6 +154,9 @@ def main() -> None:
                         help="NAME=RESULTS: its folder of the clinical-acquisition cases")
     parser.add_argument("--clinical", help="the clinical-acquisition cases.csv evaluated")
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--smoothing-sigma", type=float, default=REFERENCE_SMOOTHING_SIGMA,
+                        help="voxels the healthy statistics pool (default: the calibration's "
+                             f"{REFERENCE_SMOOTHING_SIGMA})")
     parser.add_argument("--choose", action="append", default=[],
                         help="NAME=BUNDLE: record the better map as the bundle's default")
     args = parser.parse_args()
@@ -170,7 +175,7 @@ def main() -> None:
         clinical_folder = (Path(clinical_results[name]) if name in clinical_results
                            else None)
         figures[name] = compare(name, Path(results), volumes, real_folder, real,
-                                clinical_folder, clinical)
+                                clinical_folder, clinical, args.smoothing_sigma)
         healthy_maps[name] = figures[name].pop("healthy_maps")
         for kind, f in figures[name].items():
             extra = [f.get(key, np.nan) for key in ("real_ap", "real_dice")]
@@ -187,7 +192,7 @@ def main() -> None:
         kind = max(("raw", "normative"), key=lambda k: figures[name][k]["ap"])
         choose_map(bundle, METHODS[name].calibration, kind,
                    {"rule": "the map with the higher AP on the synthetic benchmark",
-                    **figures[name]}, *healthy_maps[name])
+                    **figures[name]}, *healthy_maps[name], args.smoothing_sigma)
         print(f"{name}: {kind} maps by default in {bundle}")
 
 

@@ -5,12 +5,18 @@ Reads a method's unfiltered maps of the synthetic benchmark (`neuroad evaluate .
 (median filter side, Gaussian sigma, brain-mask erosions), each with its own 1% healthy
 threshold fitted on the set's healthy maps. Lesions are split by size and by polarity (mean
 signed intensity change against the subject's healthy scan), because a 5^3 median filter on a
-2 mm grid removes a lesion under about 10 mm across whatever the network did.
+2 mm grid removes a lesion under about 10 mm across whatever the network did. With
+`--normative` each post-processed map is also scored as a normative map (each subject's maps
+against the other subjects' healthy statistics, variance-smoothed as calibrations are, the
+threshold from leave-one-out healthy normative maps); with `--tuning-subjects N` the AP is
+also given over the first N subjects' lesioned copies (where a choice is made) and over the
+others (where it is checked).
 
     python benchmarks/postprocessing_sweep.py --cases BENCH/synthetic/cases_10_subjects.csv \
         --results results/cddpm_unfiltered/synthetic --method cddpm \
         --variant median=5,erosion=3 --variant median=3,erosion=3 --variant sigma=1,erosion=1 \
-        [--reference zscore=results/zscore/synthetic] [--small 300] [--json sweep.json]
+        [--reference zscore=results/zscore/synthetic] [--small 300] [--json sweep.json] \
+        [--normative] [--tuning-subjects 10]
 
 `--reference` adds another method's saved maps, as they are, split the same way. Last, per
 group, the share of each lesion the pseudo-healthy image undoes, from the unfiltered residuals
@@ -29,15 +35,19 @@ from normative_maps import load_maps
 
 from NeuroADLib.evaluation import metrics
 from NeuroADLib.evaluation.harness import CaseVolumes
-from NeuroADLib.methods.base import HEALTHY_FPR
-from NeuroADLib.postprocessing import healthy_calibrated_threshold
-from NeuroADLib.postprocessing.filters import filtered_in_eroded_brain, gaussian_smooth
+from NeuroADLib.methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, REFERENCE_SMOOTHING_SIGMA
+from NeuroADLib.postprocessing import (
+    ReferenceStatistics,
+    healthy_calibrated_threshold,
+    normative_map,
+)
+from NeuroADLib.postprocessing.filters import filtered_in_eroded_brain
 
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """A median filter of side `median` (1: none) or a Gaussian of `sigma` voxels (0: none),
-    then zero outside the brain mask eroded `erosion` times."""
+    """A median filter of side `median` (1: none), a Gaussian of `sigma` voxels (0: none), then
+    zero outside the brain mask eroded `erosion` times (`filtered_in_eroded_brain`)."""
 
     median: int = 1
     sigma: float = 0.0
@@ -50,14 +60,12 @@ class PostProcessing:
                    erosion=int(fields.get("erosion", 0)))
 
     def name(self) -> str:
-        smoothing = (f"median {self.median}" if self.median > 1 else
-                     f"gaussian {self.sigma:g}" if self.sigma > 0 else "none")
-        return f"{smoothing}, erosion {self.erosion}"
+        smoothing = [f"median {self.median}"] * (self.median > 1) + [
+            f"gaussian {self.sigma:g}"] * (self.sigma > 0)
+        return f"{', '.join(smoothing) or 'none'}, erosion {self.erosion}"
 
     def apply(self, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-        if self.sigma > 0:
-            volume = gaussian_smooth(volume, self.sigma)
-        return filtered_in_eroded_brain(volume, brain, self.median, self.erosion)
+        return filtered_in_eroded_brain(volume, brain, self.median, self.erosion, self.sigma)
 
 
 @dataclass
@@ -100,16 +108,33 @@ def lesion_groups(bench: Benchmark, small: int) -> dict[str, str]:
             for case in bench.lesioned}
 
 
-def score(maps: dict[str, np.ndarray], bench: Benchmark, groups: dict[str, str]) -> dict:
+def normative_maps_leave_one_out(maps: dict[str, np.ndarray], bench: Benchmark
+                                 ) -> dict[str, np.ndarray]:
+    """Every case's map as a normative map against the healthy maps of the OTHER subjects."""
+    out = {}
+    for subject, healthy in bench.healthy.items():
+        others = [c["case"] for s, c in bench.healthy.items() if s != subject]
+        reference = ReferenceStatistics.from_healthy_maps(
+            [maps[c] for c in others], [bench.brains[c] for c in others], INDEX_TOP_FRACTION,
+            REFERENCE_SMOOTHING_SIGMA)
+        for case in [healthy, *(c for c in bench.lesioned if c["subject"] == subject)]:
+            out[case["case"]] = normative_map(maps[case["case"]], reference,
+                                              bench.brains[case["case"]])
+    return out
+
+
+def score(maps: dict[str, np.ndarray], bench: Benchmark, groups: dict[str, str],
+          tuning_subjects: int = 0) -> dict:
     """Mean AP / AUROC / max Dice over the lesioned cases (all and per group), and the share of
-    lesion voxels above the 1% healthy threshold."""
+    lesion voxels above the 1% healthy threshold; with `tuning_subjects`, the AP over the
+    first subjects' cases and over the others'."""
     healthy = [c["case"] for c in bench.healthy.values() if c["case"] in maps]
     threshold = healthy_calibrated_threshold([maps[c] for c in healthy],
                                              [bench.brains[c] for c in healthy], HEALTHY_FPR)
     rows = []
     for case in (c["case"] for c in bench.lesioned if c["case"] in maps):
         anomaly, brain, lesion = maps[case], bench.brains[case], bench.lesions[case]
-        rows.append({"group": groups[case],
+        rows.append({"group": groups[case], "case": case,
                      "ap": metrics.average_precision(anomaly, lesion, brain),
                      "auroc": metrics.voxel_auroc(anomaly, lesion, brain),
                      "max_dice": metrics.max_dice(anomaly, lesion, brain)[0],
@@ -117,6 +142,14 @@ def score(maps: dict[str, np.ndarray], bench: Benchmark, groups: dict[str, str])
     figures = {"threshold": threshold, "cases": len(rows)}
     for key in ("ap", "auroc", "max_dice", "lesion_recall"):
         figures[key] = float(np.mean([r[key] for r in rows]))
+    if tuning_subjects:
+        tuning = {bench.healthy[s]["case"] for s in list(bench.healthy)[:tuning_subjects]}
+        first = {c["case"] for c in bench.lesioned
+                 if bench.healthy[c["subject"]]["case"] in tuning}
+        figures["ap (tuning subjects)"] = float(np.mean([r["ap"] for r in rows
+                                                         if r["case"] in first]))
+        figures["ap (held-out subjects)"] = float(np.mean([r["ap"] for r in rows
+                                                           if r["case"] not in first]))
     for group in sorted({r["group"] for r in rows}):
         chosen = [r["ap"] for r in rows if r["group"] == group]
         figures[f"ap ({group}, n={len(chosen)})"] = float(np.mean(chosen))
@@ -149,6 +182,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=300,
                         help="lesions with fewer voxels count as small (300: 2.4 mL at 2 mm)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--normative", action="store_true",
+                        help="also score each post-processing's normative maps")
+    parser.add_argument("--tuning-subjects", type=int, default=0)
     args = parser.parse_args()
 
     bench = Benchmark.read(args.cases)
@@ -157,11 +193,15 @@ def main() -> None:
     table = {}
     for variant in args.variant:
         maps = {case: variant.apply(m, bench.brains[case]) for case, m in raw.items()}
-        table[f"{args.method} ({variant.name()})"] = score(maps, bench, groups)
+        table[f"{args.method} ({variant.name()})"] = score(maps, bench, groups,
+                                                           args.tuning_subjects)
+        if args.normative:
+            table[f"{args.method} normative ({variant.name()})"] = score(
+                normative_maps_leave_one_out(maps, bench), bench, groups, args.tuning_subjects)
     for reference in args.reference:
         name, folder = reference.split("=", 1)
         table[f"{name} (as saved)"] = score(load_maps(Path(folder), name, bench.cases()),
-                                            bench, groups)
+                                            bench, groups, args.tuning_subjects)
     columns = list(next(iter(table.values())))
     print("| map | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")

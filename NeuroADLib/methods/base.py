@@ -31,6 +31,11 @@ CALIBRATION = "calibration"
 # of healthy validation brain voxels; the abnormality index is the mean of the top 1% z-scores.
 HEALTHY_FPR = 0.01
 INDEX_TOP_FRACTION = 0.01
+# The healthy maps' voxel std (of the index and of normative maps) pools a Gaussian
+# neighbourhood of this sigma, in voxels of the 2 mm grid (4 mm): a few dozen healthy scans
+# give a noisy std voxel by voxel, and the most extreme z-scores then come from where healthy
+# maps happened to agree (benchmarks/normative_smoothing.py chose it, README *Methods*).
+REFERENCE_SMOOTHING_SIGMA = 2.0
 
 
 @runtime_checkable
@@ -72,20 +77,26 @@ class Calibration:
     normative_threshold: float | None = None
     normative_flagged_range: list[float] | None = None
     map_kind: str = "raw"
+    # sigma (voxels) the reference statistics were smoothed with; 0 in calibrations made
+    # before smoothing
+    smoothing_sigma: float = 0.0
 
     @classmethod
     def from_healthy_maps(cls, maps: list[np.ndarray], masks: list[np.ndarray],
                           fpr: float = HEALTHY_FPR, top_fraction: float = INDEX_TOP_FRACTION,
-                          map_kind: str = "raw") -> Calibration:
+                          map_kind: str = "raw",
+                          smoothing_sigma: float = REFERENCE_SMOOTHING_SIGMA) -> Calibration:
         """The one calibration of every method, from its maps of healthy validation scans
         (the normative threshold needs at least three)."""
         threshold = healthy_calibrated_threshold(maps, masks, fpr)
         flagged = [float((m[mask > 0] > threshold).mean()) for m, mask in zip(maps, masks,
                                                                                strict=True)]
         calibration = cls(threshold, fpr, ReferenceStatistics.from_healthy_maps(
-            maps, masks, top_fraction), [min(flagged), max(flagged)], map_kind=map_kind)
+            maps, masks, top_fraction, smoothing_sigma), [min(flagged), max(flagged)],
+            map_kind=map_kind, smoothing_sigma=smoothing_sigma)
         if len(maps) >= 3:  # leave-one-out needs two others to take statistics from
-            normative, normative_flagged = normative_threshold(maps, masks, fpr, top_fraction)
+            normative, normative_flagged = normative_threshold(maps, masks, fpr, top_fraction,
+                                                               smoothing_sigma)
             calibration.normative_threshold = normative
             calibration.normative_flagged_range = [min(normative_flagged),
                                                    max(normative_flagged)]
@@ -136,6 +147,7 @@ class Calibration:
             "healthy_flagged_range": self.healthy_flagged_range,
             "normative_threshold": self.normative_threshold,
             "normative_flagged_range": self.normative_flagged_range, "map": self.map_kind,
+            "smoothing_sigma": self.smoothing_sigma,
             "shape": list(self.reference.std.shape)}, indent=2))
 
     @classmethod
@@ -156,7 +168,7 @@ class Calibration:
                                         meta["top_fraction"])
         return cls(meta["threshold"], meta["fpr"], reference, meta.get("healthy_flagged_range"),
                    meta.get("normative_threshold"), meta.get("normative_flagged_range"),
-                   meta.get("map", "raw"))
+                   meta.get("map", "raw"), meta.get("smoothing_sigma", 0.0))
 
 
 @dataclass

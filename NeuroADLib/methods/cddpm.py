@@ -46,6 +46,7 @@ class CDDPMSettings:
     levels: int = 3  # noise levels from t_min to t_max, evenly spaced; 1: their midpoint
     draws: int = 1  # noise draws per level, averaged (1: the paper; more: a quieter estimate)
     median_size: int = 5  # median filter side (voxels); 1: none
+    gaussian_sigma: float = 0.0  # a Gaussian after the median (voxels); 0: none, the paper's
     erosion: int = 3  # brain-mask erosions before scoring
     seed: int = 42
 
@@ -154,7 +155,8 @@ class CDDPMModel:
         batch_size = self.batch_size or max(1, slice_batch_size(image.shape[1:]) // estimates)
         residual = map_slices(image, brain, process, batch_size, on_step)
         return filtered_in_eroded_brain(residual, brain, self.settings.median_size,
-                                        self.settings.erosion), healthy
+                                        self.settings.erosion,
+                                        self.settings.gaussian_sigma), healthy
 
 
 def load_cddpm(folder: str | Path, name: str = "cddpm", options: dict | None = None

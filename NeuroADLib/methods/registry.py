@@ -110,13 +110,14 @@ MAD_AD_OPTION_SPECS = {
 # cDDPM's inference knobs and the paper's defaults (CDDPMSettings mirrors them; a test keeps
 # the two equal). Its diffusion has T = 1000 levels.
 CDDPM_OPTIONS = {"t_min": 250, "t_max": 750, "levels": 3, "draws": 1, "median_size": 5,
-                 "erosion": 3, "seed": 42}
+                 "gaussian_sigma": 0.0, "erosion": 3, "seed": 42}
 CDDPM_OPTION_SPECS = {
     "t_min": OptionSpec(int, 0, 999),
     "t_max": OptionSpec(int, 0, 999),
     "levels": OptionSpec(int, 1, 10),
     "draws": OptionSpec(int, 1, 16),
     "median_size": OptionSpec(int, 1, 9),
+    "gaussian_sigma": OptionSpec(float, 0, 5),
     "erosion": OptionSpec(int, 0, 10),
     "seed": OptionSpec(int, 0, 2**32 - 1),
 }
@@ -252,7 +253,8 @@ METHODS = {
                         "the clean input; one-step reconstructions from simplex noise at "
                         "three levels, averaged.", "cddpm",
                         "NeuroADLib.methods.cddpm:load_cddpm", options=CDDPM_OPTIONS,
-                        option_specs=CDDPM_OPTION_SPECS, calibration="calibration_cddpm"),
+                        option_specs=CDDPM_OPTION_SPECS, calibration="calibration_cddpm",
+                        unrecorded={"gaussian_sigma": 0.0}),
     "thor": MethodInfo("thor", "THOR: a DDPM on axial slices from t = 350 whose clean-image "
                        "estimates are blended with the input by their anomaly maps at "
                        "t = 300, 150, 50; map: harmonic mean of those maps.", "ddpm",

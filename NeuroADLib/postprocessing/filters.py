@@ -98,10 +98,12 @@ def clip_and_rescale(
 
 
 def filtered_in_eroded_brain(volume: np.ndarray, brain: np.ndarray, median_size: int,
-                             erosion: int) -> np.ndarray:
+                             erosion: int, gaussian_sigma: float = 0.0) -> np.ndarray:
     """A residual map's usual post-processing (cDDPM section 4.3, THOR, AutoDDPM): a median
-    filter of side `median_size` (1: none), then zero outside the brain mask eroded `erosion`
-    times; float32."""
+    filter of side `median_size` (1: none), then a Gaussian of `gaussian_sigma` voxels (0:
+    none, the papers'), then zero outside the brain mask eroded `erosion` times; float32."""
     if median_size > 1:
         volume = median_filter(volume, median_size)
+    if gaussian_sigma > 0:
+        volume = gaussian_smooth(volume, gaussian_sigma)
     return (volume * erode_brain_mask(np.asarray(brain) > 0, erosion)).astype(np.float32)

@@ -30,25 +30,28 @@ def normative_map(raw: np.ndarray, reference: ReferenceStatistics, brain: np.nda
 
 
 def leave_one_out_normative_maps(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                                 top_fraction: float = 0.01) -> list[np.ndarray]:
-    """Every healthy map as a normative map against the statistics of the other maps."""
+                                 top_fraction: float = 0.01, smoothing_sigma: float = 0.0
+                                 ) -> list[np.ndarray]:
+    """Every healthy map as a normative map against the statistics of the other maps
+    (`smoothing_sigma`: as `ReferenceStatistics.from_healthy_maps`)."""
     if len(maps) < 3:
         raise ValueError("leave-one-out normative maps need at least three healthy subjects")
     out = []
     for k in range(len(maps)):
         others = [m for j, m in enumerate(maps) if j != k]
         other_masks = [m for j, m in enumerate(masks) if j != k]
-        reference = ReferenceStatistics.from_healthy_maps(others, other_masks, top_fraction)
+        reference = ReferenceStatistics.from_healthy_maps(others, other_masks, top_fraction,
+                                                          smoothing_sigma)
         out.append(normative_map(maps[k], reference, masks[k]))
     return out
 
 
 def normative_threshold(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                        fpr: float = 0.01, top_fraction: float = 0.01
-                        ) -> tuple[float, list[float]]:
+                        fpr: float = 0.01, top_fraction: float = 0.01,
+                        smoothing_sigma: float = 0.0) -> tuple[float, list[float]]:
     """The healthy-calibrated threshold of normative maps (at most `fpr` of leave-one-out
     healthy brain voxels above it), and each healthy subject's flagged share at it."""
-    loo = leave_one_out_normative_maps(maps, masks, top_fraction)
+    loo = leave_one_out_normative_maps(maps, masks, top_fraction, smoothing_sigma)
     threshold = healthy_calibrated_threshold(loo, masks, fpr)
     flagged = [float((m[np.asarray(mask, bool)] > threshold).mean())
                for m, mask in zip(loo, masks, strict=True)]

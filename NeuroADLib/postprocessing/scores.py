@@ -46,13 +46,20 @@ class ReferenceStatistics:
         maps: Sequence[np.ndarray],
         masks: Sequence[np.ndarray],
         top_fraction: float = 0.01,
+        smoothing_sigma: float = 0.0,
     ) -> ReferenceStatistics:
         """Statistics of at least two healthy subjects' maps and brain masks. At each voxel
         the mean and (population) std use only the subjects whose mask covers it. Where fewer
         than `MIN_COVERAGE` of the subjects (or fewer than two) cover a voxel the std is
         infinite, so that its z-score is 0 (no evidence either way); elsewhere it is floored
         at `RELATIVE_STD_FLOOR` times the median of the non-zero stds. The subjects' indices
-        are computed with these same statistics, i.e. in-sample."""
+        are computed with these same statistics, i.e. in-sample.
+
+        With `smoothing_sigma` > 0 (voxels) the std pools a Gaussian neighbourhood (the
+        squared deviations from each voxel's own mean and the covering counts smoothed, the
+        mean left as it is): the variance smoothing of SnPM's pseudo-t (Holmes et al. 1996;
+        Nichols & Holmes 2002), for when a few dozen healthy subjects give a noisy std voxel
+        by voxel and the most extreme z-scores come from where they happened to agree."""
         maps = np.stack([np.asarray(m, dtype=np.float64) for m in maps])
         masks = np.stack([np.asarray(m, dtype=bool) for m in masks])
         if maps.shape != masks.shape:
@@ -63,7 +70,11 @@ class ReferenceStatistics:
         supported = count >= max(2, math.ceil(MIN_COVERAGE * len(maps)))
         safe_count = np.maximum(count, 1)
         mean = np.where(masks, maps, 0.0).sum(axis=0) / safe_count
-        raw_std = np.sqrt(np.where(masks, (maps - mean) ** 2, 0.0).sum(axis=0) / safe_count)
+        squares = np.where(masks, (maps - mean) ** 2, 0.0).sum(axis=0)
+        if smoothing_sigma > 0:
+            raw_std = _smoothed_std(squares, count, smoothing_sigma)
+        else:
+            raw_std = np.sqrt(squares / safe_count)
         varying = supported & (raw_std > 0)
         floor = max(RELATIVE_STD_FLOOR * float(np.median(raw_std[varying]))
                     if varying.any() else 0.0, _STD_FLOOR)
@@ -80,6 +91,18 @@ class ReferenceStatistics:
             index_std=max(float(np.std(indices)), _STD_FLOOR),
             top_fraction=top_fraction,
         )
+
+
+def _smoothed_std(squares: np.ndarray, count: np.ndarray, sigma: float) -> np.ndarray:
+    """sqrt(G * squares / G * count): the pooled std of a Gaussian neighbourhood (`sigma`
+    voxels), from each voxel's summed squared deviations from its own mean and its count of
+    covering subjects."""
+    from scipy.ndimage import gaussian_filter
+
+    pooled_count = gaussian_filter(count.astype(np.float64), sigma, mode="constant")
+    pooled_squares = gaussian_filter(squares, sigma, mode="constant")
+    seen = pooled_count > 1e-6  # elsewhere no covering subject is near: no std (0)
+    return np.sqrt(np.where(seen, pooled_squares / np.where(seen, pooled_count, 1.0), 0.0))
 
 
 def zscore_map(anomaly_map: np.ndarray, reference: ReferenceStatistics) -> np.ndarray:

@@ -103,10 +103,12 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
             "cohort": str(Path(cohort).resolve()), "split": split,
             "subjects": scans.subjects, "options": {**before, **options},
             "map": calibration.map_kind, "threshold": calibration.output_threshold,
+            "smoothing_sigma": calibration.smoothing_sigma,
             "healthy_flagged_range": calibration.output_flagged_range,
             "pseudo_healthy_reconstruction": reconstruction,
             "seconds_per_scan": round(seconds, 1),
             "replaced": {"options": before, "threshold": previous.output_threshold,
+                         "smoothing_sigma": previous.smoothing_sigma,
                          "healthy_flagged_range": previous.output_flagged_range}},
                 calibration)
     log(f"{method}: threshold {calibration.output_threshold:.4g} ({calibration.map_kind} map; "
