@@ -7,16 +7,16 @@ threshold fitted on the set's healthy maps. Lesions are split by size and by pol
 signed intensity change against the subject's healthy scan), because a 5^3 median filter on a
 2 mm grid removes a lesion under about 10 mm across whatever the network did. With
 `--normative` each post-processed map is also scored as a normative map (each subject's maps
-against the other subjects' healthy statistics, variance-smoothed as calibrations are, the
-threshold from leave-one-out healthy normative maps); with `--tuning-subjects N` the AP is
-also given over the first N subjects' lesioned copies (where a choice is made) and over the
-others (where it is checked).
+against the other subjects' healthy statistics, variance-smoothed as calibrations are or at
+each `--smoothing-sigma` given, the threshold from leave-one-out healthy normative maps); with
+`--tuning-subjects N` the AP is also given over the first N subjects' lesioned copies (where a
+choice is made) and over the others (where it is checked).
 
     python benchmarks/postprocessing_sweep.py --cases BENCH/synthetic/cases_10_subjects.csv \
         --results results/cddpm_unfiltered/synthetic --method cddpm \
         --variant median=5,erosion=3 --variant median=3,erosion=3 --variant sigma=1,erosion=1 \
         [--reference zscore=results/zscore/synthetic] [--small 300] [--json sweep.json] \
-        [--normative] [--tuning-subjects 10]
+        [--normative [--smoothing-sigma 0 --smoothing-sigma 2 ...]] [--tuning-subjects 10]
 
 `--reference` adds another method's saved maps, as they are, split the same way. Last, per
 group, the share of each lesion the pseudo-healthy image undoes, from the unfiltered residuals
@@ -108,15 +108,15 @@ def lesion_groups(bench: Benchmark, small: int) -> dict[str, str]:
             for case in bench.lesioned}
 
 
-def normative_maps_leave_one_out(maps: dict[str, np.ndarray], bench: Benchmark
-                                 ) -> dict[str, np.ndarray]:
+def normative_maps_leave_one_out(maps: dict[str, np.ndarray], bench: Benchmark,
+                                 smoothing_sigma: float) -> dict[str, np.ndarray]:
     """Every case's map as a normative map against the healthy maps of the OTHER subjects."""
     out = {}
     for subject, healthy in bench.healthy.items():
         others = [c["case"] for s, c in bench.healthy.items() if s != subject]
         reference = ReferenceStatistics.from_healthy_maps(
             [maps[c] for c in others], [bench.brains[c] for c in others], INDEX_TOP_FRACTION,
-            REFERENCE_SMOOTHING_SIGMA)
+            smoothing_sigma)
         for case in [healthy, *(c for c in bench.lesioned if c["subject"] == subject)]:
             out[case["case"]] = normative_map(maps[case["case"]], reference,
                                               bench.brains[case["case"]])
@@ -143,9 +143,8 @@ def score(maps: dict[str, np.ndarray], bench: Benchmark, groups: dict[str, str],
     for key in ("ap", "auroc", "max_dice", "lesion_recall"):
         figures[key] = float(np.mean([r[key] for r in rows]))
     if tuning_subjects:
-        tuning = {bench.healthy[s]["case"] for s in list(bench.healthy)[:tuning_subjects]}
-        first = {c["case"] for c in bench.lesioned
-                 if bench.healthy[c["subject"]]["case"] in tuning}
+        tuning = set(list(bench.healthy)[:tuning_subjects])
+        first = {c["case"] for c in bench.lesioned if c["subject"] in tuning}
         figures["ap (tuning subjects)"] = float(np.mean([r["ap"] for r in rows
                                                          if r["case"] in first]))
         figures["ap (held-out subjects)"] = float(np.mean([r["ap"] for r in rows
@@ -184,6 +183,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--normative", action="store_true",
                         help="also score each post-processing's normative maps")
+    parser.add_argument("--smoothing-sigma", action="append", type=float,
+                        help="voxels the normative maps' healthy statistics pool (repeat to "
+                             f"compare; default: the calibration's {REFERENCE_SMOOTHING_SIGMA})")
     parser.add_argument("--tuning-subjects", type=int, default=0)
     args = parser.parse_args()
 
@@ -195,9 +197,11 @@ def main() -> None:
         maps = {case: variant.apply(m, bench.brains[case]) for case, m in raw.items()}
         table[f"{args.method} ({variant.name()})"] = score(maps, bench, groups,
                                                            args.tuning_subjects)
-        if args.normative:
-            table[f"{args.method} normative ({variant.name()})"] = score(
-                normative_maps_leave_one_out(maps, bench), bench, groups, args.tuning_subjects)
+        for sigma in (args.smoothing_sigma or [REFERENCE_SMOOTHING_SIGMA]) * args.normative:
+            label = f", sigma {sigma:g}" if args.smoothing_sigma else ""
+            table[f"{args.method} normative ({variant.name()}{label})"] = score(
+                normative_maps_leave_one_out(maps, bench, sigma), bench, groups,
+                args.tuning_subjects)
     for reference in args.reference:
         name, folder = reference.split("=", 1)
         table[f"{name} (as saved)"] = score(load_maps(Path(folder), name, bench.cases()),

@@ -34,7 +34,7 @@ INDEX_TOP_FRACTION = 0.01
 # The healthy maps' voxel std (of the index and of normative maps) pools a Gaussian
 # neighbourhood of this sigma, in voxels of the 2 mm grid (4 mm): a few dozen healthy scans
 # give a noisy std voxel by voxel, and the most extreme z-scores then come from where healthy
-# maps happened to agree (benchmarks/normative_smoothing.py chose it, README *Methods*).
+# maps happened to agree (chosen with benchmarks/postprocessing_sweep.py, README *Methods*).
 REFERENCE_SMOOTHING_SIGMA = 2.0
 
 
