@@ -291,9 +291,11 @@ def _train_cond_ldm(args: argparse.Namespace, device: str | None) -> None:
 def _train_ranges(args: argparse.Namespace, device: str | None) -> None:
     from .training.harmonisation import complete_healthy_ranges
 
-    added = complete_healthy_ranges(args.out, args.cohort)
+    added, medians = complete_healthy_ranges(args.out, args.cohort)
     print(f"{args.out}: added the healthy ranges of "
-          f"{', '.join(f'{k} {v[0]:.4f}-{v[1]:.4f}' for k, v in added.items()) or 'nothing'}")
+          f"{', '.join(f'{k} {v[0]:.4f}-{v[1]:.4f}' for k, v in added.items()) or 'nothing'}"
+          f"; the healthy medians of "
+          f"{', '.join(f'{k} {v:.4f}' for k, v in medians.items()) or 'nothing'}")
 
 
 # What `neuroad train NAME` runs: (trainer, whether it trains with torch, help).

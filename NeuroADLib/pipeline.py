@@ -337,6 +337,8 @@ _WHAT = {"white_matter_level": "white-matter intensity before harmonisation",
          "gain_median": "intensity correction needed (median gain)",
          "gain_spread": "spatial intensity correction needed (gain spread, 5th-95th pct)",
          "noise_level": "noise level (smoothed to the healthy maximum before the model)",
+         "sharpness": "sharpness, the edge strength of the anatomy (smoothed to the healthy "
+                      "maximum before a reconstruction method)",
          "flagged_fraction": "share of the brain above the threshold"}
 
 

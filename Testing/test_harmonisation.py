@@ -19,14 +19,17 @@ from NeuroADLib.preprocessing.harmonisation import (
     healthy_ranges,
     intensity_profile,
     match_noise,
+    match_sharpness,
     noise_level,
     out_of_distribution,
+    sharpness,
     smooth_in_brain,
 )
 from NeuroADLib.synthesis.acquisition import (
     AcquisitionConfig,
     augment_acquisition,
     bias_field,
+    sharpen,
     thick_slices,
 )
 
@@ -213,6 +216,17 @@ def test_thick_slices_average_along_the_axial_axis_only():
     assert thick_slices(noisy, 4.0).std(axis=0).mean() < noisy.std(axis=0).mean() / 1.5
 
 
+def test_sharpen_is_unsharp_masking_inside_the_brain_and_raises_sharpness():
+    image, brain, _ = anatomy()
+    np.testing.assert_allclose(sharpen(image, brain, 0.0), image, atol=1e-6)
+    detail = image - smooth_in_brain(image, brain, 2.0)
+    expected = np.clip(image + 1.5 * detail, 0, None) * brain
+    np.testing.assert_allclose(sharpen(image, brain, 1.5, 2.0), expected, atol=1e-6)
+    levels = [sharpness(sharpen(image, brain, amount, 2.0), brain) for amount in (0, 1, 2)]
+    assert levels[0] < levels[1] < levels[2]
+    assert not sharpen(image, brain, 2.0)[~brain].any()
+
+
 def _gaussian_high_pass_gain() -> float:
     """Closed form: the standard deviation of x - G_1(x) for unit white noise in 3D, with
     scipy's kernel (sigma 1, truncated at 4 sigma): sqrt(1 - 2 g_0 + sum g^2) for the separable
@@ -280,22 +294,84 @@ def test_complete_healthy_ranges_adds_only_missing_statistics_and_keeps_the_bund
     standard = IntensityStandard.load(bundle)
     full = dict(standard.healthy_ranges)
     without_noise = {k: v for k, v in full.items() if k != "noise_level"}
-    standard.with_healthy_ranges(without_noise).save(bundle)  # as a bundle built before it
-    added = complete_healthy_ranges(bundle, cohort)
+    full_medians = dict(standard.healthy_medians)
+    assert full_medians.keys() == full.keys()
+    standard.with_healthy_ranges(without_noise, {}).save(bundle)  # as a bundle built before
+    added, medians = complete_healthy_ranges(bundle, cohort)
     assert list(added) == ["noise_level"]
+    assert medians == pytest.approx(full_medians)
+    assert full["sharpness"][0] <= medians["sharpness"] <= full["sharpness"][1]
     assert added["noise_level"] == pytest.approx(full["noise_level"])
     completed = IntensityStandard.load(bundle).healthy_ranges
+    assert IntensityStandard.load(bundle).healthy_medians == pytest.approx(full_medians)
     assert completed.keys() == full.keys()
     assert all(completed[key] == pytest.approx(full[key]) for key in full)
     manifest = json.loads((bundle / MANIFEST).read_text())
     verify_bundle(Bundle(bundle, manifest))  # the manifest's hash follows the new standard
-    assert manifest["intensity_standard"]["ranges_added"]["scans"] == 8
-    assert complete_healthy_ranges(bundle, cohort) == {}
+    assert manifest["intensity_standard"]["ranges_added"][-1]["scans"] == 8
+    assert complete_healthy_ranges(bundle, cohort) == ({}, {})
     with pytest.raises(ModelError, match="not a bundle"):
         complete_healthy_ranges(tmp_path / "absent", cohort)
     assert IntensityStandard.load(bundle).noise_ceiling == pytest.approx(full["noise_level"][1])
-    # zscore's spread holds the scans' noise already: its scans are not smoothed
-    assert load_method("zscore", bundle).standard.noise_ceiling is None
+    # every method, zscore too, smooths a scan noisier or sharper than the cohort
+    loaded = load_method("zscore", bundle).standard
+    assert loaded.sharpness_ceiling == pytest.approx(full["sharpness"][1])
+    assert loaded.sharpness_target == pytest.approx(full_medians["sharpness"])
+
+
+def test_sharpness_is_the_mean_gradient_over_the_median_intensity_free_of_scale():
+    # a linear ramp a + b z: a Gaussian keeps it, so its gradient is b everywhere inside
+    ramp = (2.0 + 0.05 * np.indices(SHAPE)[0]).astype(np.float32)
+    brain = np.zeros(SHAPE, bool)
+    brain[8:32, 8:40, 8:32] = True
+    assert sharpness(ramp, brain) == pytest.approx(0.05 / np.median(ramp[brain]), rel=1e-4)
+    image, brain, _ = anatomy()
+    assert sharpness(3.0 * image, brain) == pytest.approx(sharpness(image, brain), rel=1e-5)
+    assert sharpness(smooth_in_brain(image, brain, 1.0), brain) < sharpness(image, brain)
+
+
+def test_match_sharpness_smooths_a_sharp_scan_to_the_ceiling_and_leaves_a_blurred_one_alone():
+    image, brain, _ = anatomy()
+    ceiling = 0.93 * sharpness(image, brain)  # the edge between tissues stays
+    matched, sigma = match_sharpness(image, brain, ceiling)
+    assert 0 < sigma < 2.0
+    assert sharpness(matched, brain) == pytest.approx(ceiling, rel=0.02)
+    assert sharpness(smooth_in_brain(image, brain, 0.9 * sigma), brain) > ceiling  # smallest
+    assert not matched[~brain].any()
+    assert matched[brain].mean() == pytest.approx(image[brain].mean(), rel=0.02)
+    same, none = match_sharpness(image, brain, 2 * sharpness(image, brain))
+    assert same is image and none == 0.0
+    # above the ceiling, down to a lower target (the healthy median); below it, untouched
+    before = sharpness(image, brain)
+    typical, _ = match_sharpness(image, brain, 0.95 * before, 0.9 * before)
+    assert sharpness(typical, brain) == pytest.approx(0.9 * before, rel=0.02)
+    assert match_sharpness(image, brain, 1.01 * before, 0.9 * before)[1] == 0.0
+
+
+def test_harmonise_matches_sharpness_before_the_profile_and_reports_it_before():
+    image, brain, core = anatomy()
+    standard = IntensityStandard.fit([image], [brain], 2.0, priors_from(core), CONFIG)
+    biased = (image * smooth_field(4, 0.2)).astype(np.float32)
+    before = sharpness(biased, brain)
+    assert standard.sharpness_ceiling is None  # a standard built without the range
+    plain, _ = standard.harmonise(biased, brain)
+    assert sharpness(plain, brain) == pytest.approx(before, rel=0.05)
+    matching = standard.with_healthy_ranges({"sharpness": [0.0, 0.93 * before]})
+    matched, gain = matching.harmonise(biased, brain)
+    smoothed, _ = match_sharpness(biased, brain, 0.93 * before)
+    expected, _ = standard.harmonise(smoothed, brain)  # the profile of the smoothed scan
+    np.testing.assert_allclose(matched, expected, rtol=1e-5, atol=1e-6)
+    assert sharpness(matched, brain) == pytest.approx(0.93 * before, rel=0.05)
+    statistics = matching.statistics(biased, matched, brain, gain)
+    assert statistics["sharpness"] == pytest.approx(before)
+    assert not {c["statistic"]: c for c in out_of_distribution(
+        statistics, matching.healthy_ranges)}["sharpness"]["inside"]
+    assert matching.with_config(match_sharpness=False).sharpness_ceiling is None
+    assert matching.sharpness_target == matching.sharpness_ceiling  # no median: the ceiling
+    to_median = matching.with_healthy_ranges(matching.healthy_ranges,
+                                             {"sharpness": 0.9 * before})
+    assert sharpness(to_median.harmonise(biased, brain)[0], brain) == pytest.approx(
+        0.9 * before, rel=0.05)
 
 
 def test_preparing_a_cohort_over_processes_gives_what_one_process_gives(tmp_path):

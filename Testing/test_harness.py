@@ -58,7 +58,8 @@ def test_trained_model_records_its_provenance(trained):
     assert method.standard is not None
     assert set(method.standard.healthy_ranges) == {"white_matter_level", "contrast_ratio",
                                                    "gain_median", "gain_spread",
-                                                   "noise_level"}
+                                                   "noise_level", "sharpness"}
+    assert method.standard.healthy_medians.keys() == method.standard.healthy_ranges.keys()
     low, high = method.calibration.healthy_flagged_range
     assert 0 <= low <= high <= 1
 

@@ -203,13 +203,17 @@ class LoadedMethod:
             return image, 1.0, {"applied": False}
         harmonised, gain = self.standard.harmonise(image, brain)
         statistics = self.standard.statistics(image, harmonised, brain, gain)
-        ceiling = self.standard.noise_ceiling
+        matching = {}
+        for name, statistic, ceiling, target in (
+                ("noise_matching", "noise_level", self.standard.noise_ceiling,
+                 self.standard.noise_ceiling),
+                ("sharpness_matching", "sharpness", self.standard.sharpness_ceiling,
+                 self.standard.sharpness_target)):
+            matching[name] = {"ceiling": ceiling, "target": target,
+                              "applied": ceiling is not None and statistics[statistic] > ceiling}
         return harmonised, gain, {
             "applied": True, "method": "intensity profile matching to the training cohort",
-            "config": asdict(self.standard.config), "statistics": statistics,
-            "noise_matching": {"ceiling": ceiling,
-                               "applied": ceiling is not None
-                               and statistics["noise_level"] > ceiling},
+            "config": asdict(self.standard.config), "statistics": statistics, **matching,
             "checks": out_of_distribution(statistics, self.standard.healthy_ranges)}
 
     def unharmonised(self, healthy: np.ndarray, brain: np.ndarray, gain: Any) -> np.ndarray:
@@ -307,8 +311,6 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
                           f"{', '.join(info.options) or 'none'}.")
     model = resolve_loader(info.loader)(folder, name, dict(options or {}))
     standard = IntensityStandard.load(folder)
-    if standard is not None and not info.matches_noise:
-        standard = standard.with_config(match_noise=False)
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return LoadedMethod(name, info.contrast, model, Calibration.load(folder, info.calibration),

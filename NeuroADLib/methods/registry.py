@@ -75,11 +75,9 @@ class MethodInfo:
     builds its model from a bundle folder ("package.module:function", called as
     `function(folder, name, options)`; see `methods.base.load_method`), the `covariates` it
     conditions on (`Subject` field names), its `options` with their defaults and specs, the
-    stem of its `calibration` files in the bundle, whether a scan noisier than the healthy
-    cohort is smoothed to it first (`matches_noise`: for the methods that compare a scan with
-    its reconstruction, which reads excess noise as anomaly; see preprocessing.harmonisation),
-    and the options added since bundles of it were first written (`unrecorded`), with the
-    value a bundle that does not record them ran and was calibrated at."""
+    stem of its `calibration` files in the bundle, and the options added since bundles of it
+    were first written (`unrecorded`), with the value a bundle that does not record them ran
+    and was calibrated at."""
 
     name: str
     description: str
@@ -90,7 +88,6 @@ class MethodInfo:
     options: dict = field(default_factory=dict)
     option_specs: dict = field(default_factory=dict)
     calibration: str = "calibration"
-    matches_noise: bool = True
     unrecorded: dict = field(default_factory=dict)
 
 
@@ -229,7 +226,7 @@ def _cadd(name: str, description: str, covariates: tuple[str, ...] = ()) -> Meth
 METHODS = {
     "zscore": MethodInfo("zscore", "Voxel-wise normative intensity model: |z| against healthy "
                          "subjects of the same age (classical baseline).", "zscore",
-                         ZSCORE_LOADER, covariates=("age",), matches_noise=False),
+                         ZSCORE_LOADER, covariates=("age",)),
     "cadd": _cadd("cadd", "CADD: conditional latent diffusion with KL-guided inpainting "
                   "(Algorithm 1), normative for age and sex.", ("age", "sex")),
     "cadd_nocov": _cadd("cadd_nocov", "CADD without covariates (ablation)."),

@@ -25,6 +25,15 @@ excess noise as anomaly everywhere; the real lesion scans here are up to twice a
 IXI. The cohort's scans are never smoothed (the ceiling is their own maximum), so a model's
 training data and calibration are unchanged.
 
+Sharpness matching (README, "Scanner robustness"): a scan sharper than every healthy training
+scan is smoothed first, inside its brain, until its sharpness is the healthy scans' median (a
+scan at the healthy maximum still flags several times what a typical one does). The
+cohort is IXI downsampled to 2 mm and resampled once more onto the grid; a 1 mm scan resampled
+once keeps edges the cohort never has (the real lesion scans here have half as much edge again),
+which a reconstruction, and a z-map over the cohort's tight per-voxel spread, read as anomaly
+along every tissue boundary. It runs before the profile, which is measured against the cohort's
+(smooth) mean image and is biased by a sharper scan's edges.
+
 `tissue_statistics` gives each scan's grey / white matter levels and contrast for the report
 and the out-of-distribution check; it does not change intensities (a grey/white piecewise
 mapping on top was measured and did not help).
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -60,9 +70,13 @@ WM_CORE_QUANTILE = 0.55
 GM_CORE_QUANTILES = (0.25, 0.5)
 # The noise level is measured inside the brain eroded this many voxels (away from its edge).
 NOISE_EROSION = 3
-# Noise matching smooths with a Gaussian of at most this sigma (voxels), found by bisection.
+# Noise and sharpness matching smooth with a Gaussian of at most this sigma (voxels), found
+# by bisection.
 NOISE_MAX_SIGMA = 2.0
 NOISE_BISECTIONS = 10
+# Sharpness is measured on the image smoothed by this Gaussian (voxels), so that it reads the
+# anatomy's edges rather than the noise (which noise matching handles).
+SHARPNESS_PRESMOOTHING = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class HarmonisationConfig:
     outlier_window: float = 1.5  # robust standard deviations around the expected ratio
     refinements: int = 2  # re-selections of the voxels against the previous profile
     match_noise: bool = True  # smooth a scan noisier than every healthy scan down to them
+    match_sharpness: bool = True  # smooth a scan sharper than every healthy scan down to them
 
 
 def tissue_statistics(image: np.ndarray, brain: np.ndarray, wm_core: np.ndarray,
@@ -138,6 +153,25 @@ def smooth_in_brain(image: np.ndarray, brain: np.ndarray, sigma: float) -> np.nd
     return np.where(inside > 0, smoothed / np.maximum(weight, 1e-3), 0).astype(np.float32)
 
 
+def sharpness(image: np.ndarray, brain: np.ndarray) -> float:
+    """A scan's sharpness: the mean gradient magnitude (per voxel) of the image smoothed by
+    SHARPNESS_PRESMOOTHING voxels inside the eroded brain, over the median intensity of the
+    brain. Free of the intensity scale and of a smooth bias, so that it reads a raw scan as
+    well as a harmonised one. The mean (a total variation) falls as the scan is smoothed, which
+    matching needs; a median of gradients can rise, as a blurred edge covers more voxels."""
+    brain = np.asarray(brain, bool)
+    inner = erode_brain_mask(brain, NOISE_EROSION)
+    if not inner.any():
+        return float("nan")
+    return _edge_level(np.asarray(image, np.float32), inner, float(np.median(image[brain])))
+
+
+def _edge_level(image: np.ndarray, inner: np.ndarray, scale: float) -> float:
+    smoothed = ndimage.gaussian_filter(image, SHARPNESS_PRESMOOTHING)
+    magnitude = np.sqrt(sum(np.square(g) for g in np.gradient(smoothed)))
+    return float(np.mean(magnitude[inner]) / scale) if scale > 0 else float("nan")
+
+
 def match_noise(image: np.ndarray, brain: np.ndarray, ceiling: float
                 ) -> tuple[np.ndarray, float]:
     """(image, sigma): the image unchanged (sigma 0) when its noise level is at most
@@ -145,12 +179,37 @@ def match_noise(image: np.ndarray, brain: np.ndarray, ceiling: float
     NOISE_MAX_SIGMA, by bisection: the level falls as sigma grows) that brings it to the
     ceiling, or by NOISE_MAX_SIGMA when none up to it does."""
     inner = erode_brain_mask(brain, NOISE_EROSION)
-    if not _detail_level(image, inner) > ceiling:
+    return _smoothed_to(image, brain, ceiling, lambda x: _detail_level(x, inner))
+
+
+def match_sharpness(image: np.ndarray, brain: np.ndarray, ceiling: float,
+                    target: float | None = None) -> tuple[np.ndarray, float]:
+    """(image, sigma): the image unchanged (sigma 0) when its `sharpness` is at most
+    `ceiling`, otherwise smoothed inside the brain by the smallest Gaussian that brings it to
+    `target` (the ceiling when None), as `match_noise` does. Sharpness is measured against the
+    unsmoothed brain's median intensity, which smoothing inside the brain hardly moves."""
+    brain = np.asarray(brain, bool)
+    inner = erode_brain_mask(brain, NOISE_EROSION)
+    if not inner.any():
         return image, 0.0
+    scale = float(np.median(np.asarray(image, np.float32)[brain]))
+    return _smoothed_to(image, brain, ceiling, lambda x: _edge_level(x, inner, scale), target)
+
+
+def _smoothed_to(image: np.ndarray, brain: np.ndarray, ceiling: float,
+                 level: Callable[[np.ndarray], float], target: float | None = None
+                 ) -> tuple[np.ndarray, float]:
+    """Unchanged (sigma 0) when `level` is at most `ceiling`; otherwise the image smoothed
+    inside the brain by the smallest Gaussian that brings `level` to `target` (the ceiling by
+    default; bisection), with its sigma."""
+    image = np.asarray(image, np.float32)
+    if not level(image) > ceiling:
+        return image, 0.0
+    target = ceiling if target is None else target
     low, high = 0.0, NOISE_MAX_SIGMA
     for _ in range(NOISE_BISECTIONS):
         middle = (low + high) / 2
-        if _detail_level(smooth_in_brain(image, brain, middle), inner) > ceiling:
+        if level(smooth_in_brain(image, brain, middle)) > target:
             low = middle
         else:
             high = middle
@@ -170,6 +229,7 @@ class IntensityStandard:
     spacing_mm: float
     config: HarmonisationConfig = field(default_factory=HarmonisationConfig)
     healthy_ranges: dict = field(default_factory=dict)
+    healthy_medians: dict = field(default_factory=dict)
 
     @classmethod
     def fit(cls, images: list[np.ndarray], masks: list[np.ndarray], spacing_mm: float,
@@ -198,10 +258,28 @@ class IntensityStandard:
             return None
         return float(self.healthy_ranges["noise_level"][1])
 
+    @property
+    def sharpness_ceiling(self) -> float | None:
+        """The healthy scans' highest sharpness, above which a scan is smoothed; None when
+        sharpness matching is off or the standard has no sharpness range."""
+        if not self.config.match_sharpness or "sharpness" not in self.healthy_ranges:
+            return None
+        return float(self.healthy_ranges["sharpness"][1])
+
+    @property
+    def sharpness_target(self) -> float | None:
+        """What a scan above the sharpness ceiling is smoothed to: the healthy scans' median
+        sharpness (the ceiling for a standard without it)."""
+        return self.healthy_medians.get("sharpness", self.sharpness_ceiling)
+
     def harmonise(self, image: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(harmonised image, gain): x / p inside the brain, zero outside, with its noise
-        matched to the healthy ceiling; gain = 1 / p."""
+        """(harmonised image, gain): x / p inside the brain, zero outside; a scan sharper than
+        the healthy ceiling smoothed to the healthy median before the profile, and one noisier
+        than the healthy ceiling smoothed to it after; gain = 1 / p."""
         brain = np.asarray(brain, bool)
+        if self.sharpness_ceiling is not None:
+            image, _ = match_sharpness(image, brain, self.sharpness_ceiling,
+                                       self.sharpness_target)
         profile, _ = intensity_profile(image, brain, self.reference, self.region, self.config,
                                        self.spacing_mm)
         gain = np.where(brain, 1.0 / profile, 1.0).astype(np.float32)
@@ -214,8 +292,9 @@ class IntensityStandard:
                    gain: np.ndarray) -> dict:
         """What the out-of-distribution check compares with the healthy cohort: the scan's
         white-matter level before harmonisation, its grey/white contrast after, how much
-        correction it needed (the median gain, and the spread of the gain over the brain) and
-        its noise level on the cohort's scale, before noise matching."""
+        correction it needed (the median gain, and the spread of the gain over the brain), its
+        noise level on the cohort's scale, before noise matching, and its sharpness, before
+        sharpness matching (`image` is the scan as given)."""
         brain = np.asarray(brain, bool)
         before = tissue_statistics(image, brain, self.wm_core, self.gm_core)
         low, median, high = np.percentile(gain[brain], [5.0, 50.0, 95.0])
@@ -223,10 +302,14 @@ class IntensityStandard:
                 "contrast_ratio": tissue_statistics(harmonised, brain, self.wm_core,
                                                     self.gm_core)["contrast_ratio"],
                 "gain_median": float(median), "gain_spread": float(high - low),
-                "noise_level": noise_level(np.asarray(image, np.float32) * gain * brain, brain)}
+                "noise_level": noise_level(np.asarray(image, np.float32) * gain * brain, brain),
+                "sharpness": sharpness(image, brain)}
 
-    def with_healthy_ranges(self, ranges: dict) -> IntensityStandard:
-        return replace(self, healthy_ranges=ranges)
+    def with_healthy_ranges(self, ranges: dict, medians: dict | None = None
+                            ) -> IntensityStandard:
+        """The standard with these healthy ranges, and medians when given."""
+        return replace(self, healthy_ranges=ranges,
+                       healthy_medians=self.healthy_medians if medians is None else medians)
 
     def with_config(self, **changes) -> IntensityStandard:
         """The standard with some of its HarmonisationConfig knobs changed."""
@@ -243,7 +326,8 @@ class IntensityStandard:
         (folder / STANDARD_JSON).write_text(json.dumps(
             {"method": "intensity profile matching to the cohort's mean image",
              "config": asdict(self.config), "spacing_mm": self.spacing_mm,
-             "shape": list(self.region.shape), "healthy_ranges": self.healthy_ranges},
+             "shape": list(self.region.shape), "healthy_ranges": self.healthy_ranges,
+             "healthy_medians": self.healthy_medians},
             indent=2))
 
     @classmethod
@@ -263,7 +347,8 @@ class IntensityStandard:
         reference = np.zeros(shape, np.float32)
         reference[region] = arrays["reference"]
         return cls(reference, region, wm_core, gm_core, float(meta["spacing_mm"]),
-                   HarmonisationConfig(**meta["config"]), meta.get("healthy_ranges", {}))
+                   HarmonisationConfig(**meta["config"]), meta.get("healthy_ranges", {}),
+                   meta.get("healthy_medians", {}))
 
 
 def _cores_from_priors(priors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -285,6 +370,12 @@ def healthy_ranges(statistics: list[dict]) -> dict:
     """[min, max] of each statistic over healthy scans."""
     return {key: [float(min(s[key] for s in statistics)), float(max(s[key] for s in statistics))]
             for key in statistics[0]}
+
+
+def healthy_medians(statistics: list[dict]) -> dict:
+    """The median of each statistic over healthy scans (what is typical, where the ranges say
+    what is possible)."""
+    return {key: float(np.median([s[key] for s in statistics])) for key in statistics[0]}
 
 
 def out_of_distribution(statistics: dict, ranges: dict) -> list[dict]:

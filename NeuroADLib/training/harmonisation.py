@@ -23,6 +23,7 @@ from ..preprocessing.harmonisation import (
     STANDARD_JSON,
     HarmonisationConfig,
     IntensityStandard,
+    healthy_medians,
     healthy_ranges,
 )
 from ..synthesis.acquisition import AcquisitionConfig, augment_acquisition
@@ -79,7 +80,8 @@ def fit_cohort_standard(train: CohortSplit, healthy: list[CohortSplit], grid: Gr
         harmonised_splits.append(CohortSplit(images, split.masks, split.rows))
         start += len(split.images)
     statistics = [measured for _, measured in done]
-    return standard.with_healthy_ranges(healthy_ranges(statistics)), harmonised_splits
+    return (standard.with_healthy_ranges(healthy_ranges(statistics), healthy_medians(statistics)),
+            harmonised_splits)
 
 
 def _harmonised_and_measured(standard: IntensityStandard, image, mask) -> tuple:
@@ -117,20 +119,22 @@ def augmented_split(split: CohortSplit, copies: int, seed: int,
                        [split.rows[index] for index, _ in order])
 
 
-def complete_healthy_ranges(bundle: str | os.PathLike, cohort: str | os.PathLike) -> dict:
-    """Add to a bundle's intensity standard the healthy range of every out-of-distribution
-    statistic it lacks (one added to the code after the bundle was built, such as the noise
-    level), measured as the trainers measure them: on the cohort's training and validation
-    scans, harmonised to the standard before any range exists. The ranges the standard has,
-    its reference, the model and its calibration stay as they are; the manifest records what
-    was added, how, and the new file hashes. Returns the added ranges."""
+def complete_healthy_ranges(bundle: str | os.PathLike, cohort: str | os.PathLike
+                            ) -> tuple[dict, dict]:
+    """Add to a bundle's intensity standard the healthy range and median of every
+    out-of-distribution statistic it lacks (one added to the code after the bundle was built,
+    such as the noise level or the sharpness), measured as the trainers measure them: on the
+    cohort's training and validation scans, harmonised to the standard before any range
+    exists. What the standard has, its reference, the model and its calibration stay as they
+    are; the manifest adds to its list of `ranges_added` what was added and how, and records
+    the new file hashes. Returns (the added ranges, the added medians)."""
     bundle = Path(bundle)
     standard = IntensityStandard.load(bundle)
     if standard is None or not (bundle / "manifest.json").is_file():
         raise ModelError(f"{bundle} is not a bundle with an intensity standard "
                          f"({STANDARD_JSON} and manifest.json): give --out the folder of a "
                          "trained bundle.")
-    measuring = standard.with_healthy_ranges({})  # as the trainers saw the cohort
+    measuring = standard.with_healthy_ranges({}, {})  # as the trainers saw the cohort
     statistics = []
     for split in ("train", "validation"):
         scans = load_split(cohort, split)
@@ -138,13 +142,19 @@ def complete_healthy_ranges(bundle: str | os.PathLike, cohort: str | os.PathLike
                        for image, mask in zip(scans.images, scans.masks, strict=True)]
     added = {key: span for key, span in healthy_ranges(statistics).items()
              if key not in standard.healthy_ranges}
-    standard.with_healthy_ranges({**standard.healthy_ranges, **added}).save(bundle)
+    medians = {key: value for key, value in healthy_medians(statistics).items()
+               if key not in standard.healthy_medians}
+    if not added and not medians:
+        return added, medians
+    standard.with_healthy_ranges({**standard.healthy_ranges, **added},
+                                 {**standard.healthy_medians, **medians}).save(bundle)
     manifest_path = bundle / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest.setdefault("intensity_standard", {})["ranges_added"] = {
-        "statistics": added, "scans": len(statistics), "cohort": str(cohort),
-        "command": command_line(),
-        "code_version": code_version()}
+    record = manifest.setdefault("intensity_standard", {})
+    earlier = record.get("ranges_added", [])
+    record["ranges_added"] = [*([earlier] if isinstance(earlier, dict) else earlier), {
+        "statistics": added, "medians": medians, "scans": len(statistics),
+        "cohort": str(cohort), "command": command_line(), "code_version": code_version()}]
     manifest["files"][STANDARD_JSON] = file_entry(bundle / STANDARD_JSON)
     manifest_path.write_text(json.dumps(manifest, indent=2, default=float))
-    return added
+    return added, medians
