@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -95,7 +96,13 @@ def test_clinical_acquisition_set_degrades_validation_scans_with_its_own_seeds(t
 
 
 def test_harness_end_to_end_and_resumable(trained, tmp_path):
-    method = load_method("zscore", trained / "zscore")
+    # The phantom is nearly featureless, so a synthetic lesion alone lifts its noise level and
+    # sharpness above the fabricated cohort's (in real anatomy it does not: none of the 75
+    # lesioned copies of the benchmark is above either ceiling); this tests the harness, so the
+    # scans go to the model unmatched.
+    loaded = load_method("zscore", trained / "zscore")
+    method = dataclasses.replace(loaded, standard=loaded.standard.with_config(
+        match_noise=False, match_sharpness=False))
     cases = tmp_path / "cases"
     cases.mkdir()
     rows = []
