@@ -189,18 +189,30 @@ def _train_zscore(args: argparse.Namespace, device: str | None) -> None:
 
 
 def _train_autoencoder(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
     from .training.autoencoder import AutoencoderTraining, train_autoencoder
 
-    training = AutoencoderTraining(steps=args.steps) if args.steps else None
+    training = AutoencoderTraining()
+    if args.steps:
+        training = replace(training, steps=args.steps)
+    if args.acquisition_copies is not None:
+        training = replace(training, acquisition_copies=args.acquisition_copies)
     train_autoencoder(args.cohort, args.out, args.config, training, device)
 
 
 def _train_transformer(args: argparse.Namespace, device: str | None) -> None:
+    from dataclasses import replace
+
     from .training.latent_diffusion import LatentDiffusionTraining, train_latent_diffusion
 
     if not args.autoencoder:
         raise UsageError("neuroad train transformer needs --autoencoder FOLDER.")
-    training = LatentDiffusionTraining(steps=args.steps) if args.steps else None
+    training = LatentDiffusionTraining()
+    if args.steps:
+        training = replace(training, steps=args.steps)
+    if args.acquisition_copies is not None:
+        training = replace(training, acquisition_copies=args.acquisition_copies)
     train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training,
                            device)
 
@@ -299,6 +311,7 @@ def _train_ranges(args: argparse.Namespace, device: str | None) -> None:
 
 
 # What `neuroad train NAME` runs: (trainer, whether it trains with torch, help).
+NETWORK_SIZES = ("default", "paper", "tiny")  # every trainer's named configurations
 TRAINERS = {
     "zscore": (_train_zscore, False, "the voxel-wise normative model"),
     "autoencoder": (_train_autoencoder, True, "CADD's first stage"),
@@ -329,6 +342,9 @@ def _train(args: argparse.Namespace) -> int:
     from .outputs import check_writable
     from .training.provenance import code_version
 
+    if args.config not in NETWORK_SIZES and args.method != "autoencoder":
+        raise UsageError(f"--config {args.config} names an autoencoder architecture; "
+                         f"neuroad train {args.method} takes {', '.join(NETWORK_SIZES)}.")
     check_writable(args.out)
     # the manifest records the code that started the run, not the checkout at its end
     os.environ["NEUROAD_CODE_VERSION"] = code_version()
@@ -697,15 +713,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (resumed if present)")
     p.add_argument("--no-age", action="store_true", help="zscore: no linear age term")
     p.add_argument("--acquisition-copies", type=int, choices=range(0, 11), metavar="N",
-                   help="zscore / mad_ad / cddpm / ddpm / sdm / tdm / cond_ldm: "
-                   "acquisition-augmented copies of every training scan (defaults 2 / 1 / 1 / "
-                   "1 / 1 / 1 / 1; 0 for none)")
+                   help="zscore / autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / "
+                   "tdm / cond_ldm: acquisition-augmented copies of every training scan "
+                   "(defaults 2 / 1 / 1 / 1 / 1 / 1 / 1 / 1 / 1; 0 for none)")
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
-    p.add_argument("--config", default="default", choices=["default", "paper", "tiny"],
+    p.add_argument("--config", default="default", choices=[*NETWORK_SIZES, "latent16"],
                    help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / tdm / "
-                        "cond_ldm: named network size")
+                        "cond_ldm: named network size; latent16 (autoencoder only): the "
+                        "default autoencoder with 16 latent channels")
     p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
                                              "cddpm / ddpm / sdm / tdm / cond_ldm: training "
                                              "steps")

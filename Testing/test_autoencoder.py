@@ -58,6 +58,24 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     assert set(quality) == {"mae", "psnr", "ssim"} and quality["mae"] > 0
     assert manifest["perceptual_loss"].startswith("not used")
     assert "autoencoder.safetensors" in manifest["files"]
+    # harmonised by default, with one augmented copy per scan: the standard travels along
+    from NeuroADLib.preprocessing.harmonisation import IntensityStandard
+
+    assert manifest["training_data"]["harmonised"] is True
+    assert manifest["training"]["acquisition_copies"] == 1
+    assert "intensity_standard.json" in manifest["files"]
+    assert IntensityStandard.load(whole) is not None
+
+
+def test_training_without_harmonisation_keeps_the_stored_scans(tmp_path):
+    torch.set_num_threads(1)
+    cohort = fabricated_cohort(tmp_path / "cohort", SHAPE, 8)
+    folder = train_autoencoder(cohort, tmp_path / "raw", "tiny",
+                               AutoencoderTraining(steps=1, patch=32, harmonise=False,
+                                                   acquisition_copies=0), log=lambda m: None)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["training_data"]["harmonised"] is False
+    assert not (folder / "intensity_standard.json").exists()
 
 
 def test_a_saved_autoencoder_loads_from_the_architecture_its_manifest_records(tmp_path):
@@ -84,3 +102,14 @@ def test_a_saved_autoencoder_loads_from_the_architecture_its_manifest_records(tm
     (tmp_path / "manifest.json").write_text(json.dumps({"config_name": "tiny"}))
     with pytest.raises(ModelError, match="config"):
         load_autoencoder(tmp_path)
+
+
+def test_the_latent16_first_stage_keeps_16_values_for_every_4x4x4_block():
+    from NeuroADLib.networks.autoencoder import AUTOENCODER_CONFIGS, build_autoencoder
+
+    network = build_autoencoder(AUTOENCODER_CONFIGS["latent16"]).eval()
+    with torch.no_grad():
+        mean = network.encode(torch.zeros(1, 1, 32, 32, 32))[0]
+        decoded = network.decode(mean)
+    assert mean.shape == (1, 16, 8, 8, 8) and decoded.shape == (1, 1, 32, 32, 32)
+    assert network.downsampling == 4

@@ -109,3 +109,13 @@ def test_help_has_examples():
                     "make-benchmarks", "evaluate", "models"):
         result = neuroad(command, "--help")
         assert result.returncode == 0 and "example:" in result.stdout
+
+
+def test_an_autoencoder_architecture_is_refused_by_the_other_trainers(tmp_path):
+    from NeuroADLib.errors import EXIT_USAGE
+
+    out = tmp_path / "model"
+    result = neuroad("train", "mad_ad", "--cohort", str(tmp_path), "--out", str(out),
+                     "--config", "latent16")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "autoencoder architecture" in result.stderr and not out.exists()

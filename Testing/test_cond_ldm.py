@@ -195,3 +195,28 @@ def test_a_bundle_written_before_samples_existed_runs_and_reports_the_one_chain_
     assert calibrated_at["samples"] == 1
     assert not changed_options("cond_ldm", {"samples": 1}, calibrated_at)
     assert changed_options("cond_ldm", {"samples": 4}, calibrated_at) == {"samples": 4}
+
+
+def test_the_network_takes_the_latent_channels_of_its_first_stage(tiny, tmp_path):
+    """A first stage with more latent channels (a more faithful one, issue 14) gets a UNet with
+    as many input channels and twice as many outputs (eps and the variance), and runs."""
+    from safetensors.torch import save_file
+
+    from NeuroADLib.methods.cond_ldm import load_cond_ldm
+    from NeuroADLib.networks.autoencoder import AUTOENCODER_CONFIGS, build_autoencoder
+    from NeuroADLib.training.cond_ldm import train_cond_ldm
+
+    _, cohort, _, _ = tiny
+    config = replace(AUTOENCODER_CONFIGS["tiny"], latent_channels=4)
+    folder = tmp_path / "ae4"
+    folder.mkdir()
+    torch.manual_seed(0)
+    save_file(build_autoencoder(config).state_dict(), str(folder / "autoencoder.safetensors"))
+    (folder / "manifest.json").write_text(json.dumps({"config": config.to_dict()}))
+    bundle = train_cond_ldm(cohort, folder, tmp_path / "cond_ldm",
+                            replace(tiny_cond_ldm_training(), steps=1), log=_quiet)
+    network = json.loads((bundle / "network" / "manifest.json").read_text())["config"]
+    assert (network["in_channels"], network["out_channels"]) == (4, 8)
+    image = healthy_volume((32, 32, 32), 5)
+    anomaly_map, pseudo_healthy = load_cond_ldm(bundle).predict(image, image > 0)[:2]
+    assert anomaly_map.shape == pseudo_healthy.shape == image.shape

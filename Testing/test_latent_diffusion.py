@@ -50,6 +50,12 @@ def test_resumed_training_equals_uninterrupted(stage_one, tmp_path):
     assert manifest["config"]["latent_shape"] == [4, 4, 4]
     assert manifest["latent_scale"] > 0
     assert manifest["autoencoder"]["id"].startswith("autoencoder-tiny")
+    # harmonised scans with one augmented copy each: twice as many latents as subjects
+    from safetensors.torch import load_file as load
+
+    latents = load(str(parts / "checkpoint" / "latents.safetensors"))["latents"]
+    assert manifest["training_data"]["harmonised"] is True
+    assert len(latents) == 2 * len(manifest["training_data"]["train"])
 
 
 def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
@@ -131,7 +137,8 @@ def test_cohort_kl_percentiles_match_numpy_at_every_level(stage_one, tmp_path):
     check_the_diffusion_process_is_the_bundles(bundle)
 
 
-def test_cached_latents_are_reused_only_for_the_same_autoencoder_and_subjects(tmp_path):
+def test_cached_latents_are_reused_only_for_the_same_autoencoder_subjects_and_scans(
+        tmp_path):
     from NeuroADLib.training.latent_diffusion import cached_latents
 
     path = tmp_path / "latents.safetensors"
@@ -149,7 +156,9 @@ def test_cached_latents_are_reused_only_for_the_same_autoencoder_and_subjects(tm
     other_autoencoder = cached_latents(path, "def", ["s1", "s2"], compute(3.0))
     other_subjects = cached_latents(path, "def", ["s1", "s3"], compute(4.0))
     assert other_autoencoder[0, 0, 0, 0, 0] == 3.0 and other_subjects[0, 0, 0, 0, 0] == 4.0
-    assert calls == [1.0, 3.0, 4.0]
+    other_scans = cached_latents(path, "def", ["s1", "s3"], compute(5.0), "harmonised")
+    assert other_scans[0, 0, 0, 0, 0] == 5.0
+    assert calls == [1.0, 3.0, 4.0, 5.0]
 
 
 def test_an_interrupted_calibration_resumes_with_the_variants_still_to_do(stage_one, tmp_path):

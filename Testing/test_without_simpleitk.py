@@ -16,6 +16,7 @@ import NeuroADLib.training.mad_ad
 import NeuroADLib.training.cddpm
 import NeuroADLib.training.image_ddpm
 import NeuroADLib.training.latent_diffusion
+import NeuroADLib.training.autoencoder
 import NeuroADLib.methods.mad_ad
 import NeuroADLib.methods.cddpm
 import NeuroADLib.methods.ddpm_baselines

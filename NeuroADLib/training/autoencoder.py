@@ -6,8 +6,11 @@ learns to reconstruct). A perceptual term needs ImageNet/MedicalNet backbone wei
 not available offline here; the manifest records that it was not used. Training runs on random
 brain-centred 64^3 patches with left-right flips; every step draws its patch and noise from
 seeds derived from (seed, step), so a resumed run continues exactly as an uninterrupted one.
-Checkpoints (weights as safetensors, optimiser states as tensor-only torch files) are written
-every `checkpoint_every` steps and resumed automatically.
+With `harmonise` (the default for new models) the training scans are harmonised to the cohort's
+intensity standard first, with `acquisition_copies` acquisition-augmented copies each, as every
+method's inputs are at inference; the standard is saved beside the weights and the validation
+figures are of harmonised scans. Checkpoints (weights as safetensors, optimiser states as
+tensor-only torch files) are written every `checkpoint_every` steps and resumed automatically.
 """
 
 from __future__ import annotations
@@ -27,8 +30,7 @@ from ..networks.autoencoder import (
     decode_volume,
     encode_volume,
 )
-from .data import CohortSplit, load_split
-from .harmonisation import augmented_split
+from .harmonisation import harmonised_cohort, stored_cohort
 from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
 
@@ -45,9 +47,11 @@ class AutoencoderTraining:
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
-    # Acquisition-augmented copies of every training scan added to the patch pool (0 for the
-    # bundled first stage, which predates the augmentation).
-    acquisition_copies: int = 0
+    # The cohort's scans harmonised to its intensity standard, and acquisition-augmented copies
+    # of every training scan added to the patch pool (the bundled first stage predates both:
+    # its manifest's `training` has neither field).
+    harmonise: bool = True
+    acquisition_copies: int = 1
 
 
 def random_patch(images: list[np.ndarray], masks: list[np.ndarray], size: int,
@@ -99,12 +103,10 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     training = training or AutoencoderTraining()
     cohort, out = Path(cohort_dir), Path(out)
-    train = load_split(cohort, "train")
-    if training.acquisition_copies:
-        augmented = augmented_split(train, training.acquisition_copies, training.seed)
-        train = CohortSplit(train.images + augmented.images, train.masks + augmented.masks,
-                            train.rows + augmented.rows)
-    images, masks = train.images, train.masks
+    scans = (harmonised_cohort(cohort, training.acquisition_copies, training.seed, log)
+             if training.harmonise else
+             stored_cohort(cohort, training.acquisition_copies, training.seed))
+    images, masks = scans.train.images, scans.train.masks
     torch.manual_seed(training.seed)
     autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[config_name]).to(device)
     discriminator = build_discriminator().to(device)
@@ -148,18 +150,21 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     autoencoder.load_state_dict(half_precision(autoencoder.state_dict()))  # as shipped
     autoencoder.eval()
-    validation = load_split(cohort, "validation")
-    quality = reconstruction_quality(autoencoder, validation.images, validation.masks, device)
+    quality = reconstruction_quality(autoencoder, scans.validation.images,
+                                     scans.validation.masks, device)
     log(f"validation reconstruction inside the brain: {quality}")
     save_file(half_precision(autoencoder.state_dict()), str(out / "autoencoder.safetensors"))
+    if scans.standard is not None:
+        scans.standard.save(out)
     write_manifest(
         out, id=f"autoencoder-{config_name}-ixi-2mm", method="autoencoder", version="1",
         config=AUTOENCODER_CONFIGS[config_name].to_dict(), config_name=config_name,
         training=asdict(training), perceptual_loss="not used (no backbone weights offline)",
         weights="float16",
         device=device, seconds=round(time.perf_counter() - began, 1),
-        training_data={"cohort": cohort.name, "train": train.subjects,
-                       "validation": validation.subjects},
+        training_data={"cohort": cohort.name, "train": scans.train_subjects,
+                       "validation": scans.validation.subjects,
+                       "harmonised": scans.standard is not None},
         metrics={"validation_reconstruction": quality, "steps": training.steps},
     )
     return out

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,8 @@ from .slice_data import (
 
 
 def _latent_unet(**fields) -> ConditionedUNetConfig:
-    """A 3D AdaGN UNet over latents of 3 channels, predicting eps and the variance (2 x 3)."""
+    """A 3D AdaGN UNet over latents of 3 channels, predicting eps and the variance (2 x 3);
+    training sets the channels to those of its first stage's latents."""
     return ConditionedUNetConfig(conditioning="adagn", spatial_dims=3, in_channels=3,
                                  out_channels=6, **fields)
 
@@ -118,7 +119,9 @@ def train_cond_ldm(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.Path
            f"{pairs.pathological.shape[1]} pseudo-pathological versions each; scale {scale:.4f}")
 
     torch.manual_seed(training.seed)
-    config = COND_LDM_CONFIGS[training.config]
+    channels = pairs.healthy.shape[1]  # the first stage's latent channels
+    config = replace(COND_LDM_CONFIGS[training.config], in_channels=channels,
+                     out_channels=2 * channels)
     network = EncoderConditionedNetwork(config).to(device)
     diffusion = GaussianDiffusion()
     optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)

@@ -13,8 +13,10 @@ import functools
 import json
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
@@ -117,6 +119,50 @@ def augmented_split(split: CohortSplit, copies: int, seed: int,
                      [seed + index * copies + copy for index, copy in order], workers=workers)
     return CohortSplit([augmented for augmented, _ in done], masks,
                        [split.rows[index] for index, _ in order])
+
+
+@dataclass
+class TrainingCohort:
+    """What a trainer trains and validates on: the training scans (with their augmented
+    copies, rows repeated alongside), the validation split, the intensity standard both were
+    harmonised to (None: as stored), and the training subjects."""
+
+    train: CohortSplit
+    validation: CohortSplit
+    standard: IntensityStandard | None
+    train_subjects: list[str]
+
+
+def harmonised_cohort(cohort: Path, copies: int, seed: int, log: Callable = print,
+                      workers: int | None = None) -> TrainingCohort:
+    """The cohort's training scans harmonised to their intensity standard (+ `copies`
+    augmented copies each, augmented before harmonisation, as a scan from another scanner
+    arrives), its harmonised validation split, and the standard; the scans spread over
+    `workers` processes (default: one per core)."""
+    began = time.perf_counter()
+    train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
+    standard, (fitted, validation) = fit_cohort_standard(train, [train, validation],
+                                                         cohort_grid(cohort), workers=workers)
+    if copies:
+        augmented = harmonised_split(augmented_split(train, copies, seed, workers=workers),
+                                     standard, workers=workers)
+        fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
+                             fitted.rows + augmented.rows)
+    log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
+        f"{len(validation.rows)} validation scans: {time.perf_counter() - began:.0f} s")
+    return TrainingCohort(fitted, validation, standard, train.subjects)
+
+
+def stored_cohort(cohort: Path, copies: int, seed: int) -> TrainingCohort:
+    """The cohort's scans as stored, not harmonised (models that predate harmonisation),
+    with `copies` augmented copies of each training scan."""
+    train = load_split(cohort, "train")
+    subjects = train.subjects
+    if copies:
+        augmented = augmented_split(train, copies, seed)
+        train = CohortSplit(train.images + augmented.images, train.masks + augmented.masks,
+                            train.rows + augmented.rows)
+    return TrainingCohort(train, load_split(cohort, "validation"), None, subjects)
 
 
 def complete_healthy_ranges(bundle: str | os.PathLike, cohort: str | os.PathLike

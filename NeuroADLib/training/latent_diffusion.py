@@ -2,8 +2,10 @@
 epsilon prediction with learned variance, hybrid loss) whose backbone is the Latte-style
 transformer conditioned on age and sex.
 
-Latents are the autoencoder's means for the cohort's training subjects, encoded once (cached
-beside the checkpoint) and scaled to unit variance (the scale factor is stored). Covariates
+Latents are the autoencoder's means for the cohort's training scans, harmonised to the cohort's
+intensity standard with acquisition-augmented copies (`harmonise`, `acquisition_copies`; the
+bundled transformer predates both), encoded once (cached beside the checkpoint) and scaled to
+unit variance (the scale factor is stored). Covariates
 are dropped for a random 10% of samples (and always for subjects without age or sex), so the
 same model also runs without covariates for the paper's ablation and the LDM baselines.
 Seeded per step and checkpointed like the autoencoder, so a resumed run equals an
@@ -24,7 +26,7 @@ from ..diffusion import GaussianDiffusion, hybrid_loss
 from ..models.weights import save_weights
 from ..networks.autoencoder import encode_image, load_autoencoder
 from ..networks.latte import LATTE_CONFIGS, TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
-from .data import load_split
+from .harmonisation import harmonised_cohort, stored_cohort
 from .loop import LoopSettings, run_training
 from .provenance import CHECKPOINT, half_precision, sha256, write_manifest
 
@@ -38,6 +40,8 @@ class LatentDiffusionTraining:
     learning_rate: float = 1e-4
     covariate_dropout: float = 0.1
     vlb_weight: float = 1e-3
+    harmonise: bool = True
+    acquisition_copies: int = 1
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -66,11 +70,13 @@ def cached_tensors(path: Path, key: dict, compute) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def cached_latents(path: Path, autoencoder_sha256: str, subjects: list[str], compute
-                   ) -> torch.Tensor:
-    """The training subjects' latents, encoded once and kept beside the checkpoint (keyed by
-    the autoencoder's sha256 and the subjects), so a resumed run skips the encoding."""
-    key = {"autoencoder_sha256": autoencoder_sha256, "subjects": ",".join(subjects)}
+def cached_latents(path: Path, autoencoder_sha256: str, subjects: list[str], compute,
+                   scans: str = "as stored") -> torch.Tensor:
+    """The training scans' latents, encoded once and kept beside the checkpoint (keyed by the
+    autoencoder's sha256, the subjects and how the `scans` were prepared), so a resumed run
+    skips the encoding."""
+    key = {"autoencoder_sha256": autoencoder_sha256, "subjects": ",".join(subjects),
+           "scans": scans}
     return cached_tensors(path, key, lambda: {"latents": compute()})["latents"]
 
 
@@ -96,9 +102,15 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     checkpoint.mkdir(parents=True, exist_ok=True)
     autoencoder, ae_manifest = load_autoencoder(autoencoder_dir)
     ae_sha256 = sha256(Path(autoencoder_dir) / "autoencoder.safetensors")
-    train = load_split(cohort, "train")
+    scans = (harmonised_cohort(cohort, training.acquisition_copies, training.seed, log)
+             if training.harmonise else
+             stored_cohort(cohort, training.acquisition_copies, training.seed))
+    train = scans.train
+    prepared = (f"harmonised={training.harmonise} copies={training.acquisition_copies} "
+                f"seed={training.seed}")
     latents = cached_latents(checkpoint / LATENTS_FILE, ae_sha256, train.subjects,
-                             lambda: encode(autoencoder.to(device), train.images, device))
+                             lambda: encode(autoencoder.to(device), train.images, device),
+                             prepared)
     latents = latents.to(device)
     scale = float(1.0 / latents.std())
     latents = latents * scale
@@ -138,7 +150,8 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
         diffusion=diffusion.to_dict(), latent_scale=scale, training=asdict(training),
         autoencoder={"id": ae_manifest["id"], "sha256": ae_sha256},
         device=device, seconds=round(time.perf_counter() - began, 1), weights="float16",
-        training_data={"cohort": cohort.name, "train": train.subjects},
+        training_data={"cohort": cohort.name, "train": scans.train_subjects,
+                       "harmonised": training.harmonise},
         metrics={"final_loss": float(np.mean([h["loss"] for h in history[-100:]])),
                  "steps": training.steps},
     )

@@ -17,8 +17,8 @@ from ..evaluation.metrics import mae_psnr_ssim
 from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
 from ..preprocessing.harmonisation import IntensityStandard
 from ..slices import brain_slices
-from .data import CohortSplit, load_split
-from .harmonisation import augmented_split, cohort_grid, fit_cohort_standard, harmonised_split
+from .data import CohortSplit
+from .harmonisation import harmonised_cohort
 from .loop import LoopSettings, run_training
 from .provenance import write_manifest
 
@@ -93,22 +93,12 @@ class SliceTrainingData:
 def prepare_slices(cohort: Path, copies: int, seed: int, log=print,
                    workers: int | None = None) -> SliceTrainingData:
     """The cohort's training scans harmonised (+ `copies` augmented copies each) as a slice
-    pool, its harmonised validation split, and the intensity standard of both; the scans
-    spread over `workers` processes (default: one per core; training/harmonisation.py)."""
-    began = time.perf_counter()
-    train, validation = load_split(cohort, "train"), load_split(cohort, "validation")
-    standard, (fitted, validation) = fit_cohort_standard(train, [train, validation],
-                                                         cohort_grid(cohort), workers=workers)
-    if copies:
-        augmented = harmonised_split(augmented_split(train, copies, seed, workers=workers),
-                                     standard, workers=workers)
-        fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
-                             fitted.rows + augmented.rows)
-    log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
-        f"{len(validation.rows)} validation scans: {time.perf_counter() - began:.0f} s")
-    slices = SliceSet.of(fitted)
+    pool, its harmonised validation split, and the intensity standard of both
+    (training/harmonisation.py's `harmonised_cohort`)."""
+    data = harmonised_cohort(cohort, copies, seed, log, workers)
+    slices = SliceSet.of(data.train)
     log(f"{len(slices.pairs)} training slices")
-    return SliceTrainingData(slices, validation, standard, train.subjects)
+    return SliceTrainingData(slices, data.validation, data.standard, data.train_subjects)
 
 
 @dataclass
