@@ -188,31 +188,30 @@ def _train_zscore(args: argparse.Namespace, device: str | None) -> None:
           f"{manifest['metrics']['validation_healthy_fpr_at_threshold']:.4f}")
 
 
-def _train_autoencoder(args: argparse.Namespace, device: str | None) -> None:
+def _with_steps_and_copies(training, args: argparse.Namespace):
+    """A trainer's settings with --steps and --acquisition-copies where given."""
     from dataclasses import replace
 
-    from .training.autoencoder import AutoencoderTraining, train_autoencoder
-
-    training = AutoencoderTraining()
     if args.steps:
         training = replace(training, steps=args.steps)
     if args.acquisition_copies is not None:
         training = replace(training, acquisition_copies=args.acquisition_copies)
+    return training
+
+
+def _train_autoencoder(args: argparse.Namespace, device: str | None) -> None:
+    from .training.autoencoder import AutoencoderTraining, train_autoencoder
+
+    training = _with_steps_and_copies(AutoencoderTraining(), args)
     train_autoencoder(args.cohort, args.out, args.config, training, device)
 
 
 def _train_transformer(args: argparse.Namespace, device: str | None) -> None:
-    from dataclasses import replace
-
     from .training.latent_diffusion import LatentDiffusionTraining, train_latent_diffusion
 
     if not args.autoencoder:
         raise UsageError("neuroad train transformer needs --autoencoder FOLDER.")
-    training = LatentDiffusionTraining()
-    if args.steps:
-        training = replace(training, steps=args.steps)
-    if args.acquisition_copies is not None:
-        training = replace(training, acquisition_copies=args.acquisition_copies)
+    training = _with_steps_and_copies(LatentDiffusionTraining(), args)
     train_latent_diffusion(args.cohort, args.autoencoder, args.out, args.config, training,
                            device)
 
@@ -248,11 +247,7 @@ def _slice_training(args: argparse.Namespace, training_class):
     --acquisition-copies and --ema-decay where given."""
     from dataclasses import replace
 
-    training = training_class(config=args.config)
-    if args.steps:
-        training = replace(training, steps=args.steps)
-    if args.acquisition_copies is not None:
-        training = replace(training, acquisition_copies=args.acquisition_copies)
+    training = _with_steps_and_copies(training_class(config=args.config), args)
     if args.ema_decay is not None:
         training = replace(training, ema_decay=args.ema_decay)
     return training

@@ -30,7 +30,7 @@ from ..networks.autoencoder import (
     decode_volume,
     encode_volume,
 )
-from .harmonisation import harmonised_cohort, stored_cohort
+from .harmonisation import training_cohort
 from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
 
@@ -103,9 +103,8 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     training = training or AutoencoderTraining()
     cohort, out = Path(cohort_dir), Path(out)
-    scans = (harmonised_cohort(cohort, training.acquisition_copies, training.seed, log)
-             if training.harmonise else
-             stored_cohort(cohort, training.acquisition_copies, training.seed))
+    scans = training_cohort(cohort, training.harmonise, training.acquisition_copies,
+                            training.seed, log)
     images, masks = scans.train.images, scans.train.masks
     torch.manual_seed(training.seed)
     autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[config_name]).to(device)

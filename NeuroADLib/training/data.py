@@ -30,6 +30,11 @@ class CohortSplit:
     def sexes(self) -> list[str | None]:
         return [row["sex"] if row["sex"] in ("F", "M") else None for row in self.rows]
 
+    def joined(self, other: CohortSplit) -> CohortSplit:
+        """This split's scans followed by `other`'s (augmented copies added to a pool)."""
+        return CohortSplit(self.images + other.images, self.masks + other.masks,
+                           self.rows + other.rows)
+
 
 def load_split(cohort: str | os.PathLike, split: str) -> CohortSplit:
     """The subjects of `split` (train or validation), from a cohort folder or a grid pack."""

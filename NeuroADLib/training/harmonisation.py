@@ -146,8 +146,7 @@ def harmonised_cohort(cohort: Path, copies: int, seed: int, log: Callable = prin
     if copies:
         augmented = harmonised_split(augmented_split(train, copies, seed, workers=workers),
                                      standard, workers=workers)
-        fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
-                             fitted.rows + augmented.rows)
+        fitted = fitted.joined(augmented)
     log(f"{len(train.rows)} training scans harmonised with {copies} augmented copies each, "
         f"{len(validation.rows)} validation scans: {time.perf_counter() - began:.0f} s")
     return TrainingCohort(fitted, validation, standard, train.subjects)
@@ -157,12 +156,16 @@ def stored_cohort(cohort: Path, copies: int, seed: int) -> TrainingCohort:
     """The cohort's scans as stored, not harmonised (models that predate harmonisation),
     with `copies` augmented copies of each training scan."""
     train = load_split(cohort, "train")
-    subjects = train.subjects
-    if copies:
-        augmented = augmented_split(train, copies, seed)
-        train = CohortSplit(train.images + augmented.images, train.masks + augmented.masks,
-                            train.rows + augmented.rows)
-    return TrainingCohort(train, load_split(cohort, "validation"), None, subjects)
+    pool = train.joined(augmented_split(train, copies, seed)) if copies else train
+    return TrainingCohort(pool, load_split(cohort, "validation"), None, train.subjects)
+
+
+def training_cohort(cohort: Path, harmonise: bool, copies: int, seed: int,
+                    log: Callable = print) -> TrainingCohort:
+    """`harmonised_cohort` or, for a model trained on scans as stored, `stored_cohort`."""
+    if harmonise:
+        return harmonised_cohort(cohort, copies, seed, log)
+    return stored_cohort(cohort, copies, seed)
 
 
 def complete_healthy_ranges(bundle: str | os.PathLike, cohort: str | os.PathLike

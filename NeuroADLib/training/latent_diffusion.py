@@ -5,11 +5,10 @@ transformer conditioned on age and sex.
 Latents are the autoencoder's means for the cohort's training scans, harmonised to the cohort's
 intensity standard with acquisition-augmented copies (`harmonise`, `acquisition_copies`; the
 bundled transformer predates both), encoded once (cached beside the checkpoint) and scaled to
-unit variance (the scale factor is stored). Covariates
-are dropped for a random 10% of samples (and always for subjects without age or sex), so the
-same model also runs without covariates for the paper's ablation and the LDM baselines.
-Seeded per step and checkpointed like the autoencoder, so a resumed run equals an
-uninterrupted one.
+unit variance (the scale factor is stored). Covariates are dropped for a random 10% of samples
+(and always for subjects without age or sex), so the same model also runs without covariates
+for the paper's ablation and the LDM baselines. Seeded per step and checkpointed like the
+autoencoder, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from ..diffusion import GaussianDiffusion, hybrid_loss
 from ..models.weights import save_weights
 from ..networks.autoencoder import encode_image, load_autoencoder
 from ..networks.latte import LATTE_CONFIGS, TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
-from .harmonisation import harmonised_cohort, stored_cohort
+from .harmonisation import training_cohort
 from .loop import LoopSettings, run_training
 from .provenance import CHECKPOINT, half_precision, sha256, write_manifest
 
@@ -102,9 +101,8 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     checkpoint.mkdir(parents=True, exist_ok=True)
     autoencoder, ae_manifest = load_autoencoder(autoencoder_dir)
     ae_sha256 = sha256(Path(autoencoder_dir) / "autoencoder.safetensors")
-    scans = (harmonised_cohort(cohort, training.acquisition_copies, training.seed, log)
-             if training.harmonise else
-             stored_cohort(cohort, training.acquisition_copies, training.seed))
+    scans = training_cohort(cohort, training.harmonise, training.acquisition_copies,
+                            training.seed, log)
     train = scans.train
     prepared = (f"harmonised={training.harmonise} copies={training.acquisition_copies} "
                 f"seed={training.seed}")

@@ -50,8 +50,7 @@ def train_zscore(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     if config.acquisition_copies:
         augmented = harmonised_split(augmented_split(train, config.acquisition_copies, seed),
                                      standard)
-        fitted = CohortSplit(fitted.images + augmented.images, fitted.masks + augmented.masks,
-                             fitted.rows + augmented.rows)
+        fitted = fitted.joined(augmented)
     ages = [float(age) for age in fitted.ages] if config.age_adjusted else None
     model = VoxelNormativeModel.fit(fitted.images, fitted.masks, ages, config)
     del fitted
