@@ -19,6 +19,7 @@ from .errors import (
     NeuroADError,
     UsageError,
 )
+from .networks.autoencoder import EXTRA_AUTOENCODER_CONFIGS
 
 DEMO_FOLDER = Path(__file__).parent / "data" / "demo"
 DEMO_SCAN = DEMO_FOLDER / "tcga_fg_6692_t1.nii.gz"
@@ -714,10 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-sigma-mm", type=float, default=10.0,
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
-    p.add_argument("--config", default="default", choices=[*NETWORK_SIZES, "latent16"],
+    p.add_argument("--config", default="default",
+                   choices=[*NETWORK_SIZES, *EXTRA_AUTOENCODER_CONFIGS],
                    help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / tdm / "
-                        "cond_ldm: named network size; latent16 (autoencoder only): the "
-                        "default autoencoder with 16 latent channels")
+                        "cond_ldm: named network size; autoencoder only: latent16 (the "
+                        "default network with 16 latent channels) or half (one halving, 4 "
+                        "latent channels)")
     p.add_argument("--steps", type=COUNT, help="autoencoder / transformer / mad_ad (its UNet) / "
                                              "cddpm / ddpm / sdm / tdm / cond_ldm: training "
                                              "steps")

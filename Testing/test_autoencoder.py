@@ -16,6 +16,7 @@ from NeuroADLib.training.autoencoder import (  # noqa: E402
     kl_divergence,
     random_patch,
     train_autoencoder,
+    window_patch,
 )
 
 SHAPE = (32, 32, 32)
@@ -36,6 +37,44 @@ def test_patches_are_brain_centred_and_seeded():
     b = random_patch([image], [mask], 8, np.random.default_rng(1))
     assert a.shape == (8, 8, 8) and np.array_equal(a, b)
     assert image[12, 16, 12] in a
+
+
+def test_the_coding_windows_are_those_the_sliding_window_coder_visits():
+    from monai.inferers import sliding_window_inference
+
+    from NeuroADLib.networks.autoencoder import WINDOW_OVERLAP, coding_windows
+
+    shape, window = (24, 28, 20), 8
+    # each voxel holds its own flat index: a window's first value says where it starts
+    index = torch.arange(np.prod(shape), dtype=torch.float32).reshape(1, 1, *shape)
+    visited = []
+
+    def record(patch):
+        visited.extend(int(v) for v in patch[:, 0, 0, 0, 0])
+        return patch
+
+    sliding_window_inference(index, (window,) * 3, 4, record, overlap=WINDOW_OVERLAP,
+                             mode="gaussian")
+    starts = [np.unravel_index(v, shape) for v in visited]
+    windows = coding_windows(shape, window)
+    assert sorted(tuple(int(s.start) for s in w) for w in windows) == sorted(
+        tuple(int(i) for i in start) for start in starts)
+    assert all(w[i].stop - w[i].start == window for w in windows for i in range(3))
+
+
+def test_window_patches_are_coding_windows_and_seeded():
+    from NeuroADLib.networks.autoencoder import coding_windows
+
+    image = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+    a = window_patch([image], 16, np.random.default_rng(3))
+    assert np.array_equal(a, window_patch([image], 16, np.random.default_rng(3)))
+    crops = [image[w] for w in coding_windows(SHAPE, 16)]
+    assert any(np.array_equal(a, c) or np.array_equal(a, c[..., ::-1]) for c in crops)
+
+
+def test_an_unknown_patch_placement_is_refused():
+    with pytest.raises(ValueError, match="patch_placement"):
+        AutoencoderTraining(patch_placement="anywhere")
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
@@ -104,12 +143,16 @@ def test_a_saved_autoencoder_loads_from_the_architecture_its_manifest_records(tm
         load_autoencoder(tmp_path)
 
 
-def test_the_latent16_first_stage_keeps_16_values_for_every_4x4x4_block():
+@pytest.mark.parametrize(("name", "latent_shape", "factor"), [
+    ("latent16", (1, 16, 8, 8, 8), 4),  # 16 values for every 4x4x4 block
+    ("half", (1, 4, 16, 16, 16), 2),  # 4 values for every 2x2x2 block
+])
+def test_the_extra_first_stages_keep_the_latent_they_name(name, latent_shape, factor):
     from NeuroADLib.networks.autoencoder import AUTOENCODER_CONFIGS, build_autoencoder
 
-    network = build_autoencoder(AUTOENCODER_CONFIGS["latent16"]).eval()
+    network = build_autoencoder(AUTOENCODER_CONFIGS[name]).eval()
     with torch.no_grad():
         mean = network.encode(torch.zeros(1, 1, 32, 32, 32))[0]
         decoded = network.decode(mean)
-    assert mean.shape == (1, 16, 8, 8, 8) and decoded.shape == (1, 1, 32, 32, 32)
-    assert network.downsampling == 4
+    assert mean.shape == latent_shape and decoded.shape == (1, 1, 32, 32, 32)
+    assert network.downsampling == factor

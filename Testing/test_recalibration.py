@@ -145,16 +145,25 @@ def test_bad_requests_are_refused_and_write_nothing(zscore_bundle, cond_ldm_bund
         recalibrate("zscore", bundle, cohort, out, log=quiet)
 
 
-def test_a_method_sharing_its_bundles_settings_is_not_recalibrated_at_other_options(
+def test_a_method_sharing_its_bundles_settings_is_recalibrated_at_options_of_its_own(
         cond_ldm_bundle, tmp_path):
+    from NeuroADLib.methods.base import calibrated_options, method_settings
+
     cohort, bundle = cond_ldm_bundle
     shared = shutil.copytree(bundle, tmp_path / "shared")
     manifest = json.loads((shared / MANIFEST).read_text())
     manifest["variants"] = ["cond_ldm_other"]  # another method on the same settings
     (shared / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(UsageError, match="share their inference settings"):
-        recalibrate("cond_ldm", shared, cohort, tmp_path / "out", {"samples": 2}, log=quiet)
-    assert not (tmp_path / "out").exists()
+    result = recalibrate("cond_ldm", shared, cohort, tmp_path / "out", {"samples": 2},
+                         log=quiet)
+    inference = json.loads((result.folder / MANIFEST).read_text())["inference"]
+    # the shared settings stay the other method's; cond_ldm's own lie over them
+    assert inference["cond_ldm"] == {"samples": 2}
+    assert {k: v for k, v in inference.items() if k != "cond_ldm"} == manifest["inference"]
+    assert method_settings(inference, "cond_ldm_other") == manifest["inference"]
+    assert method_settings(inference, "cond_ldm") == {**manifest["inference"], "samples": 2}
+    assert calibrated_options({"inference": inference}, "cond_ldm")["samples"] == 2
+    assert load_method("cond_ldm", result.folder).model.settings.samples == 2
 
 
 def test_the_command_line_exit_codes(zscore_bundle, tmp_path, capsys):

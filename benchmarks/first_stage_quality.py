@@ -4,6 +4,7 @@ For each `--autoencoder LABEL=FOLDER` (coded window by window as at inference), 
 validation scans of a cohort:
 
     brain   MAE / PSNR / SSIM inside the brain (the figure NeuroAD's issues and README quote)
+    offset  mean signed error inside the brain (reconstruction minus scan): a brightness bias
     volume  MAE / PSNR over the whole grid, background included (the papers' usual figure: the
             CADD paper's 0.0103 is of this kind, so a brain-only MAE reads about 1 / (brain
             share of the grid) times higher for the same reconstruction)
@@ -45,7 +46,9 @@ def quality(reconstruction: np.ndarray, image: np.ndarray, brain: np.ndarray) ->
     # over the whole grid: no second SSIM (the same map), only the errors' means
     difference = (reconstruction - image * brain).astype(np.float64)
     return {"brain_mae": inside["mae"], "brain_psnr": inside["psnr"],
-            "brain_ssim": inside["ssim"], "volume_mae": float(np.abs(difference).mean()),
+            "brain_ssim": inside["ssim"],
+            "brain_offset": float(difference[brain].mean()),
+            "volume_mae": float(np.abs(difference).mean()),
             "volume_psnr": float(-10 * np.log10(np.mean(difference**2)))}
 
 
@@ -114,12 +117,14 @@ def main() -> None:
     print(f"{len(scans)} validation scans; brain share of the grid "
           f"{np.mean([brain.mean() for _, brain in scans]):.3f}; white-matter noise sigma "
           f"{sigma:.4f}, its mean absolute value {sigma * np.sqrt(2 / np.pi):.4f}")
-    print("| first stage | brain MAE | brain PSNR | brain SSIM | volume MAE | volume PSNR | s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| first stage | brain MAE | brain PSNR | brain SSIM | brain offset | volume MAE | "
+          "volume PSNR | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, row in means.items():
         seconds = f"{row['seconds']:.1f}" if "seconds" in row else ""
         print(f"| {label} | {row['brain_mae']:.4f} | {row['brain_psnr']:.2f} | "
-              f"{row['brain_ssim']:.3f} | {row['volume_mae']:.4f} | {row['volume_psnr']:.2f} | "
+              f"{row['brain_ssim']:.3f} | {row['brain_offset']:+.4f} | "
+              f"{row['volume_mae']:.4f} | {row['volume_psnr']:.2f} | "
               f"{seconds} |")
     if args.json:
         with open(args.json, "w") as handle:

@@ -273,11 +273,20 @@ def resolve_loader(target: str) -> Loader:
     return loader
 
 
+def method_settings(inference: dict, name: str) -> dict:
+    """The inference settings a bundle's manifest records for method `name`: the settings its
+    methods share, with the method's own (`inference[name]`: a bundle keeping settings per
+    method, or one method recalibrated at options of its own) over them."""
+    shared = {key: value for key, value in inference.items() if not isinstance(value, dict)}
+    own = inference.get(name)
+    return {**shared, **(own if isinstance(own, dict) else {})}
+
+
 def recorded_inference(inference: dict, name: str) -> dict:
     """The settings a bundle runs method `name` with: the `inference` settings its manifest
-    records, with the options added since it was written at the value it ran with then
-    (`MethodInfo.unrecorded`)."""
-    return {**METHODS[name].unrecorded, **inference}
+    records for it (`method_settings`), with the options added since it was written at the
+    value it ran with then (`MethodInfo.unrecorded`)."""
+    return {**METHODS[name].unrecorded, **method_settings(inference, name)}
 
 
 def calibrated_options(manifest: dict, name: str) -> dict:
@@ -289,8 +298,7 @@ def calibrated_options(manifest: dict, name: str) -> dict:
     inference = manifest.get("inference", {})
     if not isinstance(inference, dict):
         return {}
-    own = inference.get(name) if isinstance(inference.get(name), dict) else inference
-    recorded = recorded_inference(own, name)
+    recorded = recorded_inference(inference, name)
     defaults = METHODS[name].options
     return {key: value for key, value in recorded.items()
             if key in defaults and defaults[key] != value}

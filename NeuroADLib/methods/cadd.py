@@ -36,6 +36,7 @@ from ..networks.autoencoder import decode_image, encode_image, load_autoencoder
 from ..networks.latte import TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
 from ..progress import StepCallback
 from ..subject import UNKNOWN, Subject
+from .base import method_settings
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> 
                        for key, value in load_file(str(folder / PERCENTILES_FILE)).items()}
     bundle = json.loads((folder / "manifest.json").read_text()) if (
         folder / "manifest.json").is_file() else {}
-    settings = InpaintingSettings(**{**bundle.get("inference", {}), **(options or {})})
+    settings = InpaintingSettings(**{**method_settings(bundle.get("inference", {}), variant),
+                                      **(options or {})})
     if "diffusion" not in manifest:
         raise ModelError(f"{folder / 'transformer' / 'manifest.json'} does not record its "
                          "diffusion process (schedule, steps, betas): retrain the transformer "

@@ -32,6 +32,7 @@ from ..postprocessing import filtered_in_eroded_brain
 from ..progress import StepCallback
 from ..slices import brain_slices, map_slices, slice_batch_size
 from ..subject import UNKNOWN, Subject
+from .base import method_settings
 
 NETWORK_FOLDER, WEIGHTS_STEM = "network", "cddpm"
 NOISES = ("simplex", "gaussian")
@@ -168,6 +169,7 @@ def load_cddpm(folder: str | Path, name: str = "cddpm", options: dict | None = N
     manifest = json.loads((folder / NETWORK_FOLDER / "manifest.json").read_text())
     network = EncoderConditionedNetwork(ConditionedUNetConfig.from_dict(manifest["config"]))
     network.load_state_dict(load_weights(folder / NETWORK_FOLDER, WEIGHTS_STEM))
-    settings = CDDPMSettings(**{**bundle.get("inference", {}), **(options or {})})
+    settings = CDDPMSettings(**{**method_settings(bundle.get("inference", {}), name),
+                                **(options or {})})
     return CDDPMModel(network.eval(), DiffusionProcess(DiffusionConfig(**manifest["diffusion"])),
                       manifest["noise"], settings)

@@ -34,6 +34,7 @@ from ..networks.masked_unet import MaskedUNet, MaskedUNetConfig
 from ..progress import StepCallback
 from ..slices import brain_slices, map_slices, slice_batch_size
 from ..subject import UNKNOWN, Subject
+from .base import method_settings
 
 AUTOENCODER_FOLDER, DENOISER_FOLDER = "autoencoder", "denoiser"
 REFERENCES = ("reconstruction", "input")
@@ -160,7 +161,8 @@ def load_mad_ad(folder: str | Path, name: str = "mad_ad", options: dict | None =
     denoiser = MaskedUNet(MaskedUNetConfig.from_dict(denoiser_manifest["config"]))
     denoiser.load_state_dict(load_file(str(folder / DENOISER_FOLDER /
                                            "masked_unet.safetensors")))
-    settings = MADADSettings(**{**bundle.get("inference", {}), **(options or {})})
+    settings = MADADSettings(**{**method_settings(bundle.get("inference", {}), name),
+                                **(options or {})})
     return MADADModel(autoencoder, denoiser.eval(),
                       float(denoiser_manifest["latent_scale"]),
                       DiffusionProcess(DiffusionConfig(**denoiser_manifest["diffusion"])),

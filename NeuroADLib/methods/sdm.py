@@ -40,6 +40,7 @@ from ..postprocessing.temporal import LAFMSettings
 from ..progress import StepCallback
 from ..slices import map_slices, slice_batch_size
 from ..subject import UNKNOWN, Subject
+from .base import method_settings
 from .image_ddpm import SliceNoise, chain_levels, from_network, steps_of, to_network
 
 NETWORK_FOLDER, WEIGHTS_STEM = "network", "sdm"
@@ -215,7 +216,8 @@ def load_sdm(folder: str | Path, name: str = "sdm", options: dict | None = None)
     config = ConditionedUNetConfig.from_dict(manifest["config"])
     network = EncoderConditionedNetwork(config)
     network.load_state_dict(load_weights(folder / NETWORK_FOLDER, WEIGHTS_STEM))
-    settings = SDMSettings(**{**bundle.get("inference", {}), **(options or {})})
+    settings = SDMSettings(**{**method_settings(bundle.get("inference", {}), name),
+                              **(options or {})})
     if settings.encoding not in ENCODINGS:
         raise ValueError(f"Unknown SDM encoding {settings.encoding!r}; encodings: "
                          f"{', '.join(ENCODINGS)}.")

@@ -3,9 +3,13 @@
 Loss per step: L1 reconstruction + kl_weight * KL(q(z|x) || N(0, I)) + adversarial_weight *
 least-squares patch-adversarial loss (after `adversarial_start` steps, so the autoencoder first
 learns to reconstruct). A perceptual term needs ImageNet/MedicalNet backbone weights, which are
-not available offline here; the manifest records that it was not used. Training runs on random
-brain-centred 64^3 patches with left-right flips; every step draws its patch and noise from
-seeds derived from (seed, step), so a resumed run continues exactly as an uninterrupted one.
+not available offline here; the manifest records that it was not used. Training runs on 64^3
+patches with left-right flips: by default the very windows a whole volume is coded in at
+inference (`patch_placement` "windows"), because GroupNorm's statistics depend on how much
+background a patch holds, and a first stage trained on brain-centred patches ("brain", how the
+bundled one was trained) reconstructs the inference windows too bright. Every step draws its
+patch and noise from seeds derived from (seed, step), so a resumed run continues exactly as an
+uninterrupted one.
 With `harmonise` (the default for new models) the training scans are harmonised to the cohort's
 intensity standard first, with `acquisition_copies` acquisition-augmented copies each, as every
 method's inputs are at inference; the standard is saved beside the weights and the validation
@@ -27,12 +31,15 @@ from ..networks.autoencoder import (
     AUTOENCODER_CONFIGS,
     build_autoencoder,
     build_discriminator,
+    coding_windows,
     decode_volume,
     encode_volume,
 )
 from .harmonisation import training_cohort
 from .loop import LoopSettings, run_training
 from .provenance import half_precision, write_manifest
+
+PATCH_PLACEMENTS = ("windows", "brain")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,24 @@ class AutoencoderTraining:
     # its manifest's `training` has neither field).
     harmonise: bool = True
     acquisition_copies: int = 1
+    # "windows": the windows of inference's sliding-window coding (`coding_windows`); "brain":
+    # crops centred on random brain voxels (the bundled first stage, whose manifest predates
+    # the field).
+    patch_placement: str = "windows"
+
+    def __post_init__(self) -> None:
+        if self.patch_placement not in PATCH_PLACEMENTS:
+            raise ValueError(f"patch_placement {self.patch_placement!r}: use one of "
+                             f"{', '.join(PATCH_PLACEMENTS)}")
+
+
+def window_patch(images: list[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
+    """One of the size^3 windows a random subject's volume is coded in at inference, randomly
+    flipped left-right (x is the last axis)."""
+    image = images[int(rng.integers(len(images)))]
+    windows = coding_windows(image.shape, size)
+    patch = image[windows[int(rng.integers(len(windows)))]]
+    return patch[..., ::-1].copy() if rng.random() < 0.5 else patch.copy()
 
 
 def random_patch(images: list[np.ndarray], masks: list[np.ndarray], size: int,
@@ -114,7 +139,9 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     adversarial = PatchAdversarialLoss(criterion="least_squares")
 
     def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
-        batch = np.stack([random_patch(images, masks, training.patch, rng)
+        batch = np.stack([window_patch(images, training.patch, rng)
+                          if training.patch_placement == "windows"
+                          else random_patch(images, masks, training.patch, rng)
                           for _ in range(training.batch_size)])
         x = torch.from_numpy(batch[:, None].astype(np.float32)).to(device)
         reconstruction, mu, sigma = autoencoder(x)

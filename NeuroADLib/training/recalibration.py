@@ -159,21 +159,16 @@ def _subject(scans: CohortSplit, k: int) -> Subject:
 
 
 def _with_options(manifest: dict, method: str, options: dict) -> dict:
-    """The manifest's inference settings with `options` for `method`: in the method's own
-    settings where the bundle keeps them per method; in the shared settings only where no
-    other method of the bundle shares them (their calibrations would no longer match)."""
+    """The manifest's inference settings with `options` for `method`: in the shared settings
+    where no other method of the bundle uses them; otherwise as the method's own settings
+    (`inference[method]`, over the shared ones: see `method_settings`), so that the other
+    methods keep the settings their calibrations were made at."""
     inference = dict(manifest.get("inference", {}))
     if not options:
         return inference
-    if isinstance(inference.get(method), dict):
-        return {**inference, method: {**inference[method], **options}}
-    others = sorted({manifest.get("method"), *manifest.get("variants", [])} - {method})
-    if others:
-        raise UsageError(f"The methods of this bundle ({method}, {', '.join(others)}) share "
-                         f"their inference settings, so {method} cannot be recalibrated at "
-                         "other options alone; recalibrate it without --option (or pass "
-                         "the options at run time, with their threshold reported as "
-                         "uncalibrated).")
+    others = {manifest.get("method"), *manifest.get("variants", [])} - {method, None}
+    if isinstance(inference.get(method), dict) or others:
+        return {**inference, method: {**inference.get(method, {}), **options}}
     return {**inference, **options}
 
 

@@ -2,7 +2,8 @@
 # CADD's and cond_ldm's first stage on a lent GPU machine: `neuroad train autoencoder` with
 # --device cuda (see train_cadd.sh for what travels in .device/), then its quality on the
 # validation scans next to the references of benchmarks/first_stage_quality.py. CONFIG names
-# the architecture (default: default), STEPS the training steps (default: the trainer's),
+# the architecture (default, latent16 or half; default: default), STEPS the training steps
+# (default: the trainer's),
 # COPIES the acquisition-augmented copies per training scan (default: the trainer's, 1).
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
