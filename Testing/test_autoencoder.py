@@ -66,9 +66,10 @@ def test_window_patches_are_coding_windows_and_seeded():
     from NeuroADLib.networks.autoencoder import coding_windows
 
     image = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
-    a = window_patch([image], 16, np.random.default_rng(3))
-    assert np.array_equal(a, window_patch([image], 16, np.random.default_rng(3)))
-    crops = [image[w] for w in coding_windows(SHAPE, 16)]
+    windows = coding_windows(SHAPE, 16)
+    a = window_patch([image], windows, np.random.default_rng(3))
+    assert np.array_equal(a, window_patch([image], windows, np.random.default_rng(3)))
+    crops = [image[w] for w in windows]
     assert any(np.array_equal(a, c) or np.array_equal(a, c[..., ::-1]) for c in crops)
 
 

@@ -70,11 +70,11 @@ class AutoencoderTraining:
                              f"{', '.join(PATCH_PLACEMENTS)}")
 
 
-def window_patch(images: list[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
-    """One of the size^3 windows a random subject's volume is coded in at inference, randomly
-    flipped left-right (x is the last axis)."""
+def window_patch(images: list[np.ndarray], windows: list[tuple[slice, ...]],
+                 rng: np.random.Generator) -> np.ndarray:
+    """One of `windows` (the volumes' `coding_windows`, computed once for their shared grid)
+    of a random subject's volume, randomly flipped left-right (x is the last axis)."""
     image = images[int(rng.integers(len(images)))]
-    windows = coding_windows(image.shape, size)
     patch = image[windows[int(rng.integers(len(windows)))]]
     return patch[..., ::-1].copy() if rng.random() < 0.5 else patch.copy()
 
@@ -138,11 +138,15 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     optimiser_d = torch.optim.Adam(discriminator.parameters(), lr=training.learning_rate)
     adversarial = PatchAdversarialLoss(criterion="least_squares")
 
+    windows = coding_windows(images[0].shape, training.patch)  # the cohort's grid
+
+    def draw_patch(rng: np.random.Generator) -> np.ndarray:
+        if training.patch_placement == "windows":
+            return window_patch(images, windows, rng)
+        return random_patch(images, masks, training.patch, rng)
+
     def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
-        batch = np.stack([window_patch(images, training.patch, rng)
-                          if training.patch_placement == "windows"
-                          else random_patch(images, masks, training.patch, rng)
-                          for _ in range(training.batch_size)])
+        batch = np.stack([draw_patch(rng) for _ in range(training.batch_size)])
         x = torch.from_numpy(batch[:, None].astype(np.float32)).to(device)
         reconstruction, mu, sigma = autoencoder(x)
         l1 = (reconstruction - x).abs().mean()
