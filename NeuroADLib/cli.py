@@ -19,7 +19,7 @@ from .errors import (
     NeuroADError,
     UsageError,
 )
-from .networks.autoencoder import EXTRA_AUTOENCODER_CONFIGS
+from .networks.autoencoder import AUTOENCODER_CONFIGS
 
 DEMO_FOLDER = Path(__file__).parent / "data" / "demo"
 DEMO_SCAN = DEMO_FOLDER / "tcga_fg_6692_t1.nii.gz"
@@ -716,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zscore: smoothness of the intensity profile that harmonisation "
                    "matches (default 10 mm)")
     p.add_argument("--config", default="default",
-                   choices=[*NETWORK_SIZES, *EXTRA_AUTOENCODER_CONFIGS],
+                   choices=list(dict.fromkeys([*NETWORK_SIZES, *AUTOENCODER_CONFIGS])),
                    help="autoencoder / transformer / mad_ad / cddpm / ddpm / sdm / tdm / "
                         "cond_ldm: named network size; autoencoder only: latent16 (the "
                         "default network with 16 latent channels) or half (one halving, 4 "

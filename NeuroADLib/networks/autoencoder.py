@@ -66,7 +66,6 @@ AUTOENCODER_CONFIGS = {
     # anatomy (README, CADD > The first stage).
     "half": AutoencoderConfig(channels=(16, 32), latent_channels=4),
 }
-EXTRA_AUTOENCODER_CONFIGS = ("latent16", "half")  # beyond every trainer's network sizes
 
 
 def build_autoencoder(config: AutoencoderConfig):
