@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -204,6 +205,12 @@ def _train_autoencoder(args: argparse.Namespace, device: str | None) -> None:
     from .training.autoencoder import AutoencoderTraining, train_autoencoder
 
     training = _with_steps_and_copies(AutoencoderTraining(), args)
+    if args.decay_from is not None:
+        try:
+            training = dataclasses.replace(training, decay_from=args.decay_from)
+        except ValueError as error:
+            raise UsageError(f"--decay-from {args.decay_from}: {error}; give a step below "
+                             "--steps.") from None
     train_autoencoder(args.cohort, args.out, args.config, training, device)
 
 
@@ -727,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=EMA_DECAY, metavar="D",
                    help="cddpm / ddpm / sdm / tdm: decay of the moving average of the weights "
                         "the bundle keeps (default 0: the last weights; 0.999 for long runs)")
+    p.add_argument("--decay-from", type=int, metavar="STEP",
+                   help="autoencoder: from STEP on, the learning rate falls along a half cosine "
+                        "to zero at --steps (default: constant)")
     p.add_argument("--pretrain-steps", type=COUNT,
                    help="cddpm: steps of masked-modelling pre-training of its encoder (SparK, "
                         "mask ratio 0.65) before the diffusion training (default: none)")

@@ -18,6 +18,7 @@ from NeuroADLib.training.autoencoder import (  # noqa: E402
     train_autoencoder,
     window_patch,
 )
+from NeuroADLib.training.loop import cosine_decay  # noqa: E402
 
 SHAPE = (32, 32, 32)
 
@@ -81,7 +82,9 @@ def test_an_unknown_patch_placement_is_refused():
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     torch.set_num_threads(1)
     cohort = fabricated_cohort(tmp_path / "cohort", SHAPE, 8)
-    settings = dict(patch=32, adversarial_start=2, checkpoint_every=3, log_every=3)
+    # decay_from 2: the rate of steps 0-2 is the base rate in both runs, then falls to zero
+    settings = dict(patch=32, adversarial_start=2, checkpoint_every=3, log_every=3,
+                    decay_from=2)
     whole = train_autoencoder(cohort, tmp_path / "whole", "tiny",
                               AutoencoderTraining(steps=6, **settings), log=lambda m: None)
     train_autoencoder(cohort, tmp_path / "parts", "tiny",
@@ -93,7 +96,11 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
     a = load_file(str(whole / "autoencoder.safetensors"))
     b = load_file(str(parts / "autoencoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((parts / "checkpoint" / "state.json").read_text())["history"]
+    assert [record["lr"] for record in history] == pytest.approx(
+        [cosine_decay(step, 3e-4, 2, 6) for step in range(6)])
     manifest = json.loads((whole / "manifest.json").read_text())
+    assert manifest["training"]["decay_from"] == 2
     quality = manifest["metrics"]["validation_reconstruction"]
     assert set(quality) == {"mae", "psnr", "ssim"} and quality["mae"] > 0
     assert manifest["perceptual_loss"].startswith("not used")

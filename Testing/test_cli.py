@@ -119,3 +119,13 @@ def test_an_autoencoder_architecture_is_refused_by_the_other_trainers(tmp_path):
                      "--config", "latent16")
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "autoencoder architecture" in result.stderr and not out.exists()
+
+
+def test_a_decay_start_past_the_last_step_is_refused_before_anything_is_written(tmp_path):
+    from NeuroADLib.errors import EXIT_USAGE
+
+    out = tmp_path / "model"
+    result = neuroad("train", "autoencoder", "--cohort", str(tmp_path), "--out", str(out),
+                     "--steps", "10", "--decay-from", "10")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "--decay-from 10" in result.stderr and not out.exists()

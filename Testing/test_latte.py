@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -74,3 +76,18 @@ def test_position_code_distinguishes_every_token():
 def test_paper_configuration_size():
     config = LATTE_CONFIGS["paper"]
     assert (config.depth, config.hidden, config.heads) == (28, 1024, 16)
+
+
+def test_a_finer_latent_keeps_the_token_grid_with_a_larger_patch():
+    base = LATTE_CONFIGS["default"]  # 24 x 28 x 24 latent, patch 4: 6 x 7 x 6 tokens
+    half = base.for_latent(4, (48, 56, 48))
+    assert (half.latent_channels, half.latent_shape, half.patch) == (4, (48, 56, 48), 8)
+    assert (half.hidden, half.depth) == (base.hidden, base.depth)
+    model = LatteTransformer(replace(half, hidden=24, depth=1, heads=2))
+    out = model(torch.randn(1, 4, 48, 56, 48), torch.tensor([3]))
+    assert out.shape == (1, 8, 48, 56, 48)
+
+
+def test_a_latent_the_token_grid_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match="6 x 7 x 6 token grid"):
+        LATTE_CONFIGS["default"].for_latent(4, (48, 56, 40))

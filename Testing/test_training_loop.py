@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from NeuroADLib.errors import EXIT_CANCELLED, Cancelled
-from NeuroADLib.training.loop import LoopSettings, run_training
+from NeuroADLib.training.loop import LoopSettings, cosine_decay, run_training
 
 
 def _train(folder, steps, ema_decay=0.0, trajectory=None, terminate_at=None):
@@ -89,3 +89,18 @@ def test_a_sigterm_stops_after_its_step_checkpointed_and_the_run_resumes_exactly
     assert "resumed at step 4" in lines
     assert torch.equal(resumed.weight, direct.weight)
     assert history == direct_history
+
+
+def test_the_cosine_decay_matches_torchs_cosine_annealing_after_its_start():
+    base, start, steps = 3e-4, 6, 16
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps - start)
+    expected = [base] * start
+    for _ in range(start, steps + 1):
+        expected.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        scheduler.step()
+    rates = [cosine_decay(step, base, start, steps) for step in range(steps + 1)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert {cosine_decay(step, base, None, steps) for step in range(steps)} == {base}

@@ -13,7 +13,7 @@ the learned-range variance v (see diffusion.gaussian).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -34,6 +34,20 @@ class LatteConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def for_latent(self, channels: int, shape: tuple[int, int, int]) -> LatteConfig:
+        """This configuration on a first stage's latent of `channels` x `shape`, with the patch
+        grown or shrunk so that the token grid stays this configuration's (6 x 7 x 6 = 252
+        tokens by default): a first stage of finer latents costs the transformer no more."""
+        tokens = [size // self.patch for size in self.latent_shape]
+        patches = {size // count for size, count in zip(shape, tokens, strict=True)}
+        if len(patches) != 1 or any(size % count for size, count in zip(shape, tokens,
+                                                                         strict=True)):
+            raise ValueError(f"a latent of shape {tuple(shape)} cannot be cut into the "
+                             f"{' x '.join(map(str, tokens))} token grid of this transformer "
+                             "configuration with one cubic patch size")
+        return replace(self, latent_channels=channels, latent_shape=tuple(shape),
+                       patch=patches.pop())
 
 
 TRANSFORMER_WEIGHTS = "transformer"  # transformer.safetensors, or its shards

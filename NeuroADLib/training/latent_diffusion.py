@@ -24,7 +24,7 @@ import torch
 from ..diffusion import GaussianDiffusion, hybrid_loss
 from ..models.weights import save_weights
 from ..networks.autoencoder import encode_image, load_autoencoder
-from ..networks.latte import LATTE_CONFIGS, TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
+from ..networks.latte import LATTE_CONFIGS, TRANSFORMER_WEIGHTS, LatteTransformer
 from .harmonisation import training_cohort
 from .loop import LoopSettings, run_training
 from .provenance import CHECKPOINT, half_precision, sha256, write_manifest
@@ -113,9 +113,7 @@ def train_latent_diffusion(cohort_dir: str | os.PathLike, autoencoder_dir: str |
     scale = float(1.0 / latents.std())
     latents = latents * scale
     ages, sexes, known = (v.to(device) for v in covariates_of(train.rows))
-    base = LATTE_CONFIGS[config_name]
-    config = LatteConfig(**{**base.__dict__, "latent_channels": latents.shape[1],
-                            "latent_shape": tuple(latents.shape[2:])})
+    config = LATTE_CONFIGS[config_name].for_latent(latents.shape[1], tuple(latents.shape[2:]))
     torch.manual_seed(training.seed)
     model = LatteTransformer(config).to(device)
     diffusion = GaussianDiffusion()

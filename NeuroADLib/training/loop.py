@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import threading
 import time
@@ -51,6 +52,22 @@ def step_seeds(seed: int, step: int) -> tuple[np.random.Generator, torch.Generat
     torch.manual_seed(seed * 1_000_003 + step)
     return (np.random.default_rng([seed, step]),
             torch.Generator().manual_seed(seed * 1_000_003 + step))
+
+
+def cosine_decay(step: int, base: float, decay_from: int | None, steps: int) -> float:
+    """The learning rate of `step`: `base` until `decay_from` (None: always), then a half
+    cosine down to zero at `steps`. A function of the step alone, so a resumed run sets the
+    same rates as an uninterrupted one."""
+    if decay_from is None or step < decay_from:
+        return base
+    progress = (step - decay_from) / max(steps - decay_from, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_learning_rate(optimiser: torch.optim.Optimizer, rate: float) -> None:
+    """Set every parameter group of `optimiser` to `rate`."""
+    for group in optimiser.param_groups:
+        group["lr"] = rate
 
 
 def run_training(folder: Path, modules: dict[str, torch.nn.Module],
@@ -160,6 +177,7 @@ def _load_average(average: torch.optim.swa_utils.AveragedModel, path: Path, devi
 
 
 def _mean_losses(records: list[dict[str, float]]) -> str:
-    """Each loss's mean over `records`, as the log prints it."""
-    return "  ".join(f"{key} {np.mean([r[key] for r in records]):.5f}"
+    """Each loss's mean over `records`, as the log prints it (over the records that hold it:
+    a run resumed by a newer version may log a figure its checkpoint's history lacks)."""
+    return "  ".join(f"{key} {np.mean([r[key] for r in records if key in r]):.5f}"
                      for key in records[-1] if key != "step")
