@@ -205,6 +205,8 @@ def _train_autoencoder(args: argparse.Namespace, device: str | None) -> None:
     from .training.autoencoder import AutoencoderTraining, train_autoencoder
 
     training = _with_steps_and_copies(AutoencoderTraining(), args)
+    if args.init_from:
+        training = dataclasses.replace(training, init_from=args.init_from)
     if args.decay_from is not None:
         try:
             training = dataclasses.replace(training, decay_from=args.decay_from)
@@ -737,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-from", type=int, metavar="STEP",
                    help="autoencoder: from STEP on, the learning rate falls along a half cosine "
                         "to zero at --steps (default: constant)")
+    p.add_argument("--init-from", metavar="FOLDER",
+                   help="autoencoder: start from the weights of this trained first stage of "
+                        "the same --config (fine-tuning it; default: from scratch)")
     p.add_argument("--pretrain-steps", type=COUNT,
                    help="cddpm: steps of masked-modelling pre-training of its encoder (SparK, "
                         "mask ratio 0.65) before the diffusion training (default: none)")

@@ -125,6 +125,39 @@ def test_training_without_harmonisation_keeps_the_stored_scans(tmp_path):
     assert not (folder / "intensity_standard.json").exists()
 
 
+def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path):
+    from safetensors.torch import load_file
+
+    from NeuroADLib.errors import UsageError
+    from NeuroADLib.hashing import sha256
+
+    torch.set_num_threads(1)
+    cohort = fabricated_cohort(tmp_path / "cohort", SHAPE, 8)
+    quiet = {"log": lambda m: None}
+    source = train_autoencoder(cohort, tmp_path / "source", "tiny", AutoencoderTraining(
+        steps=2, patch=32, adversarial_start=5), **quiet)
+    # at a learning rate of zero the fine-tuned weights are the starting ones
+    still = train_autoencoder(cohort, tmp_path / "still", "tiny", AutoencoderTraining(
+        steps=1, patch=32, adversarial_start=5, learning_rate=0.0, init_from=str(source)),
+        **quiet)
+    before = load_file(str(source / "autoencoder.safetensors"))
+    after = load_file(str(still / "autoencoder.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    record = json.loads((still / "manifest.json").read_text())["initial_weights"]
+    assert record["sha256"] == sha256(source / "autoencoder.safetensors")
+    assert record["training"]["steps"] == 2
+    # from scratch the first step differs
+    scratch = train_autoencoder(cohort, tmp_path / "scratch", "tiny", AutoencoderTraining(
+        steps=1, patch=32, adversarial_start=5, learning_rate=0.0), **quiet)
+    assert json.loads((scratch / "manifest.json").read_text())["initial_weights"] is None
+    fresh = load_file(str(scratch / "autoencoder.safetensors"))
+    assert not all(torch.equal(before[k], fresh[k]) for k in before)
+    with pytest.raises(UsageError, match="another architecture"):
+        train_autoencoder(cohort, tmp_path / "other", "half", AutoencoderTraining(
+            steps=1, patch=32, init_from=str(source)), **quiet)
+    assert not (tmp_path / "other").exists()  # refused before anything is written
+
+
 def test_a_saved_autoencoder_loads_from_the_architecture_its_manifest_records(tmp_path):
     from safetensors.torch import save_file
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -78,16 +76,25 @@ def test_paper_configuration_size():
     assert (config.depth, config.hidden, config.heads) == (28, 1024, 16)
 
 
-def test_a_finer_latent_keeps_the_token_grid_with_a_larger_patch():
-    base = LATTE_CONFIGS["default"]  # 24 x 28 x 24 latent, patch 4: 6 x 7 x 6 tokens
-    half = base.for_latent(4, (48, 56, 48))
-    assert (half.latent_channels, half.latent_shape, half.patch) == (4, (48, 56, 48), 8)
-    assert (half.hidden, half.depth) == (base.hidden, base.depth)
-    model = LatteTransformer(replace(half, hidden=24, depth=1, heads=2))
-    out = model(torch.randn(1, 4, 48, 56, 48), torch.tensor([3]))
-    assert out.shape == (1, 8, 48, 56, 48)
+def test_a_latent_is_taken_where_its_tokens_fit_through_the_hidden_width():
+    base = LATTE_CONFIGS["default"]  # 3 x 4^3 = 192 values a token, 192 wide
+    bundled = base.for_latent(3, (24, 28, 24))
+    assert (bundled.latent_channels, bundled.latent_shape, bundled.patch) == (3, (24, 28, 24), 4)
+    with pytest.raises(ValueError, match="not tiled"):
+        base.for_latent(3, (24, 28, 22))
+    # the `half` first stage: 4 x 4^3 = 256 values a token, more than 192 numbers can carry
+    with pytest.raises(ValueError, match=r"256 latent values .* MSE 0\.250"):
+        base.for_latent(4, (48, 56, 48))
+    assert LATTE_CONFIGS["paper"].for_latent(4, (48, 56, 48)).hidden == 1024
 
 
-def test_a_latent_the_token_grid_does_not_divide_is_refused():
-    with pytest.raises(ValueError, match="6 x 7 x 6 token grid"):
-        LATTE_CONFIGS["default"].for_latent(4, (48, 56, 40))
+def test_a_linear_bottleneck_cannot_predict_noise_better_than_the_closed_form():
+    """The floor the refusal quotes: a rank-h linear map can predict n i.i.d. unit values
+    from themselves no better than MSE 1 - h / n (exactly, for the best map, an orthogonal
+    projection, here fitted on one sample of noise and measured on another)."""
+    generator = torch.Generator().manual_seed(0)
+    fitted, fresh = torch.randn(2, 20000, 48, generator=generator)
+    rank = 12
+    v = torch.linalg.svd(fitted, full_matrices=False).Vh[:rank]
+    prediction = fresh @ v.T @ v
+    assert float((fresh - prediction).pow(2).mean()) == pytest.approx(1 - rank / 48, abs=0.01)

@@ -37,6 +37,7 @@ from ..networks.latte import TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
 from ..progress import StepCallback
 from ..subject import UNKNOWN, Subject
 from .base import method_settings
+from .kl_table import LEVELS_KEY, as_stored, load_percentiles
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,6 @@ VARIANTS = {
     "ldm": Variant(inpaint=False, covariates=False, all_levels=False),
     "ldm_tavg": Variant(inpaint=False, covariates=False),
 }
-PERCENTILES_FILE = "kl_percentiles.safetensors"
-LEVELS_KEY = "levels"
 
 
 @dataclass
@@ -147,24 +146,21 @@ def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor],
     `settings.percentile`) of KL_U over healthy validation latents, with covariates
     ("covariates") and without ("none"), at every level_step up to T, so that any T_int up to
     the full chain finds its rows (the authors' code lacks this function; derived from the
-    paper). Rounded to float16, the precision it is stored at."""
+    paper). At the precision it is stored at (`kl_table`)."""
     settings = replace(model.settings, t_int=model.diffusion.num_timesteps)
     table = {LEVELS_KEY: torch.tensor(settings.levels)}
     for key, variant in (("covariates", "cadd"), ("none", "cadd_nocov")):
         denoiser = replace(model, variant=VARIANTS[variant]).denoiser
         maps = torch.stack([kl_maps(model.diffusion, denoiser(subject), z0, settings)
                             for z0, subject in zip(latents, subjects, strict=True)])
-        table[key] = torch.quantile(maps, settings.percentile / 100.0, dim=0
-                                    ).half().float().contiguous()
-    return table
+        table[key] = torch.quantile(maps, settings.percentile / 100.0, dim=0).contiguous()
+    return as_stored(table)
 
 
 def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> CADDModel:
     """A CADD variant from its bundle folder (autoencoder/, transformer/, kl percentiles), with
     the inference settings the bundle records overridden by `options` (the registry's loader
     of the cadd family)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     autoencoder, _ = load_autoencoder(folder / "autoencoder")
     manifest = json.loads((folder / "transformer" / "manifest.json").read_text())
@@ -172,10 +168,7 @@ def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> 
                             for k, v in manifest["config"].items()})
     transformer = LatteTransformer(config)
     transformer.load_state_dict(load_weights(folder / "transformer", TRANSFORMER_WEIGHTS))
-    percentiles = {}
-    if (folder / PERCENTILES_FILE).is_file():
-        percentiles = {key: value if key == LEVELS_KEY else value.float()
-                       for key, value in load_file(str(folder / PERCENTILES_FILE)).items()}
+    percentiles = load_percentiles(folder)
     bundle = json.loads((folder / "manifest.json").read_text()) if (
         folder / "manifest.json").is_file() else {}
     settings = InpaintingSettings(**{**method_settings(bundle.get("inference", {}), variant),

@@ -26,14 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from ..evaluation.metrics import mae_psnr_ssim
+from ..hashing import sha256
 from ..networks.autoencoder import (
     AUTOENCODER_CONFIGS,
+    AutoencoderConfig,
     build_autoencoder,
     build_discriminator,
     coding_windows,
     decode_volume,
     encode_volume,
+    load_autoencoder,
 )
 from .harmonisation import training_cohort
 from .loop import LoopSettings, cosine_decay, run_training, set_learning_rate
@@ -67,6 +71,9 @@ class AutoencoderTraining:
     # constant). At a constant 3e-4 the reconstruction's global brightness drifts by about
     # +-0.02 between checkpoints (session 24), which a decaying rate lets settle.
     decay_from: int | None = None
+    # A trained first stage of the same architecture whose weights this run starts from
+    # (fine-tuning it to another recipe; the adversary starts afresh). None: from scratch.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.patch_placement not in PATCH_PLACEMENTS:
@@ -96,6 +103,24 @@ def random_patch(images: list[np.ndarray], masks: list[np.ndarray], size: int,
                                                                      strict=True)]
     patch = image[tuple(slice(s, s + size) for s in start)]
     return patch[..., ::-1].copy() if rng.random() < 0.5 else patch.copy()
+
+
+def starting_weights(folder: str | None, config_name: str) -> tuple[dict | None, dict | None]:
+    """The float32 weights of the trained first stage in `folder`, refused unless it is of the
+    architecture `config_name` names, and what the manifest records of them (its id, sha256
+    and training record); (None, None) without a folder."""
+    if folder is None:
+        return None, None
+    source, manifest = load_autoencoder(folder)
+    if AutoencoderConfig.from_dict(manifest["config"]) != AUTOENCODER_CONFIGS[config_name]:
+        raise UsageError(f"{folder} holds a first stage of another architecture "
+                         f"({manifest['config']}) than --config {config_name}; start from a "
+                         f"first stage trained with --config {config_name}.")
+    weights = Path(folder) / "autoencoder.safetensors"
+    record = {"id": manifest.get("id"), "sha256": sha256(weights),
+              "training": manifest.get("training"),
+              "training_command": manifest.get("training_command")}
+    return {key: value.float() for key, value in source.state_dict().items()}, record
 
 
 def kl_divergence(mu, sigma):
@@ -134,11 +159,15 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     training = training or AutoencoderTraining()
     cohort, out = Path(cohort_dir), Path(out)
+    initial_state, initial = starting_weights(training.init_from, config_name)
     scans = training_cohort(cohort, training.harmonise, training.acquisition_copies,
                             training.seed, log)
     images, masks = scans.train.images, scans.train.masks
     torch.manual_seed(training.seed)
-    autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[config_name]).to(device)
+    autoencoder = build_autoencoder(AUTOENCODER_CONFIGS[config_name])
+    if initial_state is not None:  # a resumed run then overwrites it from its checkpoint
+        autoencoder.load_state_dict(initial_state)
+    autoencoder = autoencoder.to(device)
     discriminator = build_discriminator().to(device)
     optimiser_g = torch.optim.Adam(autoencoder.parameters(), lr=training.learning_rate)
     optimiser_d = torch.optim.Adam(discriminator.parameters(), lr=training.learning_rate)
@@ -198,7 +227,8 @@ def train_autoencoder(cohort_dir: str | os.PathLike, out: str | os.PathLike,
     write_manifest(
         out, id=f"autoencoder-{config_name}-ixi-2mm", method="autoencoder", version="1",
         config=AUTOENCODER_CONFIGS[config_name].to_dict(), config_name=config_name,
-        training=asdict(training), perceptual_loss="not used (no backbone weights offline)",
+        training=asdict(training), initial_weights=initial,
+        perceptual_loss="not used (no backbone weights offline)",
         weights="float16",
         device=device, seconds=round(time.perf_counter() - began, 1),
         training_data={"cohort": cohort.name, "train": scans.train_subjects,

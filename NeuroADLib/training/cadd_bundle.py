@@ -17,13 +17,8 @@ from ..diffusion.inpainting import InpaintingSettings
 from ..errors import UsageError
 from ..evaluation.metrics import mae_psnr_ssim
 from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
-from ..methods.cadd import (
-    LEVELS_KEY,
-    PERCENTILES_FILE,
-    VARIANTS,
-    cohort_kl_percentiles,
-    load_cadd,
-)
+from ..methods.cadd import VARIANTS, cohort_kl_percentiles, load_cadd
+from ..methods.kl_table import save_percentiles
 from ..subject import Subject
 from .autoencoder import reconstruction_quality
 from .data import load_split
@@ -39,8 +34,6 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     """Copy both stages into `out` and compute, on the healthy validation split of
     `cohort_dir` (a cohort folder or its grid pack), the KL percentiles and every variant's
     calibration and reconstruction figures."""
-    from safetensors.torch import save_file
-
     settings = settings or InpaintingSettings()
     variants = variants or list(VARIANTS)
     lines: list[str] = []
@@ -76,8 +69,7 @@ def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.P
     trained = load_cadd(out, "cadd", asdict(settings)).to(device)
     latents = [trained.encode(image) for image in images]
     percentiles = cohort_kl_percentiles(trained, latents, people)
-    save_file({k: v.cpu() if k == LEVELS_KEY else v.half().cpu()
-               for k, v in percentiles.items()}, str(out / PERCENTILES_FILE))
+    save_percentiles(percentiles, out)
     record(f"validation KL percentiles: {time.perf_counter() - start:.1f} s")
 
     # Each variant's calibration is kept as it finishes, with its figures in the checkpoint
