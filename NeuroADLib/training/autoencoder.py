@@ -7,7 +7,10 @@ not available offline here; the manifest records that it was not used. Training 
 patches with left-right flips: by default the very windows a whole volume is coded in at
 inference (`patch_placement` "windows"), because GroupNorm's statistics depend on how much
 background a patch holds, and a first stage trained on brain-centred patches ("brain", how the
-bundled one was trained) reconstructs the inference windows too bright. Every step draws its
+bundled one was trained) reconstructs the inference windows too bright. With `decay_from` the
+learning rate falls along a half cosine to zero (a constant rate lets the reconstruction's
+brightness drift between checkpoints), and `init_from` fine-tunes a trained first stage of the
+same architecture to this recipe instead of starting from scratch. Every step draws its
 patch and noise from seeds derived from (seed, step), so a resumed run continues exactly as an
 uninterrupted one.
 With `harmonise` (the default for new models) the training scans are harmonised to the cohort's
