@@ -28,19 +28,24 @@ def encode_log8(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 codes, (levels, 2) log range) of a (levels, ...) table of percentiles."""
     logarithm = table.float().clamp_min(SMALLEST).log()
     flat = logarithm.flatten(1)
-    low, high = flat.min(dim=1).values, flat.max(dim=1).values
-    step = ((high - low) / CODES).clamp_min(1e-12)
-    shape = (-1,) + (1,) * (table.dim() - 1)
-    codes = ((logarithm - low.view(shape)) / step.view(shape)).round().clamp(0, CODES)
-    return codes.to(torch.uint8), torch.stack([low, high], dim=1)
+    log_range = torch.stack([flat.min(dim=1).values, flat.max(dim=1).values], dim=1)
+    low, step = _per_level(log_range, table.dim())
+    codes = ((logarithm - low) / step).round().clamp(0, CODES)
+    return codes.to(torch.uint8), log_range
 
 
 def decode_log8(codes: torch.Tensor, log_range: torch.Tensor) -> torch.Tensor:
     """The float32 table that `encode_log8` coded."""
+    low, step = _per_level(log_range, codes.dim())
+    return (low + codes.float() * step).exp()
+
+
+def _per_level(log_range: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each level's lowest logarithm and code step, shaped to broadcast over a table of
+    `dims` dimensions."""
+    shape = (-1,) + (1,) * (dims - 1)
     low, high = log_range[:, 0], log_range[:, 1]
-    step = ((high - low) / CODES).clamp_min(1e-12)
-    shape = (-1,) + (1,) * (codes.dim() - 1)
-    return (low.view(shape) + codes.float() * step.view(shape)).exp()
+    return low.view(shape), ((high - low) / CODES).clamp_min(1e-12).view(shape)
 
 
 def as_stored(table: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
