@@ -82,14 +82,14 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
     assert not np.array_equal(maps["cadd"], maps["ldm"])
     again = load_method("cadd", bundle).anomaly_map(image, brain, WOMAN)
     assert np.array_equal(again, maps["cadd"])  # seeded inference: same input, same output
-    # against the first stage's own reconstruction, |D(E(x)) - x^|; the paper's |x - x^| by
-    # default, from the same pseudo-healthy image
+    # against the first stage's own reconstruction, |D(E(x)) - x^|, by default; the paper's
+    # |x - x^| with the option 0, from the same pseudo-healthy image
     from NeuroADLib.networks.autoencoder import decode_image, encode_image
 
-    model = load_method("cadd", bundle, {"against_reconstruction": 1}).model
+    model = load_method("cadd", bundle).model
     anomaly, healthy = model.predict(image, brain, WOMAN)
-    paper_anomaly, paper_healthy = load_method("cadd", bundle).model.predict(image, brain,
-                                                                             WOMAN)
+    paper = load_method("cadd", bundle, {"against_reconstruction": 0}).model
+    paper_anomaly, paper_healthy = paper.predict(image, brain, WOMAN)
     np.testing.assert_array_equal(healthy, paper_healthy)
     reconstruction = decode_image(model.autoencoder, encode_image(model.autoencoder, image))
     np.testing.assert_allclose(anomaly, np.abs(reconstruction * brain - healthy) * brain,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 # CADD's inference knobs and the paper's defaults (InpaintingSettings mirrors them; a test
 # keeps the two equal).
 CADD_OPTIONS = {"t_int": 250, "level_step": 50, "percentile": 95.0, "respacing": 1, "seed": 42,
-                "against_reconstruction": 0}
+                "against_reconstruction": 1}
 # CADD's diffusion chain has this many noise levels (GaussianDiffusion.num_timesteps).
 CADD_TIMESTEPS = 1000
 
