@@ -7,11 +7,10 @@ from one trained pair (first-stage autoencoder + Latte latent DDPM) and one bund
     ldm             reconstruct from T_int without inpainting or covariates (LDM baseline)
     ldm_tavg        average of reconstructions from every level (LDM T_avg baseline)
 
-The anomaly map is the voxel-wise absolute error |x - x^| inside the brain (CADD's map), x^
-the decoded pseudo-healthy image; with the option `against_reconstruction` it is
-|D(E(x)) - x^|, against the autoencoder's own reconstruction of the scan (as MAD-AD's map),
-which cancels the first stage's reconstruction error. Each variant carries its own healthy
-calibration.
+The anomaly map is the voxel-wise absolute error |D(E(x)) - x^| inside the brain, x^ the
+decoded pseudo-healthy image and D(E(x)) the autoencoder's own reconstruction of the scan (as
+MAD-AD's map), which cancels the first stage's reconstruction error; `against_reconstruction`
+0 gives the paper's |x - x^|. Each variant carries its own healthy calibration.
 """
 
 from __future__ import annotations
@@ -131,8 +130,8 @@ class CADDModel:
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(|x - x^| inside the brain, x^), or |D(E(x)) - x^| with `against_reconstruction`;
-        `on_step` hears of every sampling step."""
+        """(|D(E(x)) - x^| inside the brain, x^), or |x - x^| with `against_reconstruction`
+        0; `on_step` hears of every sampling step."""
         z0 = self.encode(image)
         healthy = self.decode(self.healthy_latent(z0, subject, on_step), brain)
         reference = (self.decode(z0, brain) if self.settings.against_reconstruction
