@@ -272,7 +272,8 @@ def write_method_outputs(method: LoadedMethod, bundle, case, native: sitk.Image,
                   "sha256": {k: v["sha256"] for k, v in bundle.manifest["files"].items()},
                   **({"benchmark": verdict} if (verdict := benchmark_verdict(
                       bundle.manifest, method.name, method.calibration.map_kind)) else {})},
-        **({"anomaly_map": bundle.manifest["anomaly_maps"][method.name]}
+        **({"anomaly_map": _map_description(bundle.manifest["anomaly_maps"][method.name],
+                                            method.model)}
            if method.name in bundle.manifest.get("anomaly_maps", {}) else {}),
         "device": {"used": output.device, "asked": device_preference,
                    "platform": platform.platform()},
@@ -398,6 +399,13 @@ def _on_grid(array: np.ndarray, like: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(np.asarray(array))
     image.CopyInformation(like)
     return image
+
+
+def _map_description(described: dict, model: object) -> dict:
+    """The bundle's description of a method's map, with the formula the model runs now where
+    it can say (options may change its post-processing)."""
+    formula = getattr(model, "map_formula", None)
+    return {**described, "formula": formula} if isinstance(formula, str) else described
 
 
 def _summary_picture(native: sitk.Image, anomaly: sitk.Image, mask: sitk.Image, path: Path,

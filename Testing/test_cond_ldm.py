@@ -159,6 +159,45 @@ def test_inference_is_reproducible_and_the_options_change_the_map(tiny):
         assert not np.array_equal(other[1], first[1]), options
 
 
+def test_the_gaussian_post_filter_follows_the_median_and_precedes_the_erosion(tiny):
+    from scipy.ndimage import gaussian_filter
+
+    from NeuroADLib.methods.cond_ldm import load_cond_ldm
+    from NeuroADLib.methods.registry import validate_options
+    from NeuroADLib.postprocessing import erode_brain_mask, median_filter
+
+    _, _, _, bundle = tiny
+    image = healthy_volume((32, 32, 32), 78)
+    brain = image > 0
+    unfiltered = load_cond_ldm(bundle, options={"median_size": 1, "erosion": 0}).predict(
+        image, brain)[0]
+    smoothed = load_cond_ldm(bundle, options={"median_size": 3, "gaussian_sigma": 1.5,
+                                              "erosion": 1}).predict(image, brain)[0]
+    expected = gaussian_filter(median_filter(unfiltered, 3), 1.5) * erode_brain_mask(brain, 1)
+    np.testing.assert_allclose(smoothed, expected, atol=1e-6)
+    assert not np.allclose(smoothed, median_filter(unfiltered, 3) * erode_brain_mask(brain, 1))
+    with pytest.raises(ValueError, match="gaussian_sigma"):
+        validate_options("cond_ldm", {"gaussian_sigma": 6.0})
+
+
+def test_the_report_describes_the_map_the_options_make(tiny):
+    from NeuroADLib.methods.cond_ldm import load_cond_ldm, map_formula
+    from NeuroADLib.pipeline import _map_description
+
+    assert map_formula(CondLDMSettings()) == (
+        "median5(min over shifts |d| <= 2 of |D(E(x)) - x_hat(. + d)|) in the brain eroded 3 "
+        "times (eq. 8)")
+    _, _, _, bundle = tiny
+    described = json.loads((bundle / "manifest.json").read_text())["anomaly_maps"]["cond_ldm"]
+    model = load_cond_ldm(bundle, options={"median_size": 1, "gaussian_sigma": 1.5,
+                                           "against_reconstruction": 0})
+    report = _map_description(described, model)
+    assert described["formula"].startswith("median3(")  # the tiny bundle's, 1 erosion
+    assert report["formula"] == ("gaussian1.5(min over shifts |d| <= 2 of |x - x_hat(. + d)|) "
+                                 "in the brain eroded once (eq. 8)")
+    assert report["lpips"] == described["lpips"]
+
+
 def test_resumed_training_equals_uninterrupted_training(tiny, tmp_path):
     from safetensors.torch import load_file
 

@@ -62,7 +62,7 @@ def test_options_become_the_bundles_and_the_threshold_is_measured_at_them(cond_l
     cohort, bundle = cond_ldm_bundle
     before = tree(bundle)
     result = recalibrate("cond_ldm", bundle, cohort, tmp_path / "recalibrated",
-                         {"samples": 2, "t_int": 30}, log=quiet)
+                         {"samples": 2, "t_int": 30, "gaussian_sigma": 1.0}, log=quiet)
     assert tree(bundle) == before  # the original is untouched
     manifest = json.loads((result.folder / MANIFEST).read_text())
     verify_bundle(Bundle(result.folder, manifest))
@@ -71,8 +71,14 @@ def test_options_become_the_bundles_and_the_threshold_is_measured_at_them(cond_l
     from NeuroADLib.methods.registry import COND_LDM_OPTIONS
 
     assert record["options"] == {**COND_LDM_OPTIONS, "t_int": 30, "respacing": 10,
-                                 "median_size": 3, "erosion": 1, "samples": 2}
-    assert record["replaced"]["options"] == {**record["options"], "t_int": 50, "samples": 1}
+                                 "median_size": 3, "erosion": 1, "samples": 2,
+                                 "gaussian_sigma": 1.0}
+    assert record["replaced"]["options"] == {**record["options"], "t_int": 50, "samples": 1,
+                                             "gaussian_sigma": 0.0}
+    # the map's description follows its post-processing
+    assert manifest["anomaly_maps"]["cond_ldm"]["formula"].startswith("gaussian1(median3(")
+    original = json.loads((bundle / MANIFEST).read_text())["anomaly_maps"]["cond_ldm"]
+    assert original["formula"].startswith("median3(")
     assert record["subjects"] == ["s0", "s4"]
     from NeuroADLib.methods.base import REFERENCE_SMOOTHING_SIGMA
 

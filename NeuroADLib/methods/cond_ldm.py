@@ -63,6 +63,7 @@ class CondLDMSettings:
     samples: int = 4  # chains from independent noise, their latents averaged (1: the paper)
     max_shift: int = 2  # voxels each way of eq. 8's alignment
     median_size: int = 5
+    gaussian_sigma: float = 0.0  # a Gaussian after the median (voxels); 0: none, the paper's
     erosion: int = 3
     minmax: int = 0  # 1: min-max normalise each map to [0, 1] (the paper)
     against_reconstruction: int = 1  # 0: compare with x (the paper), 1: with D(E(x))
@@ -88,6 +89,18 @@ def shift_aligned_residual(image: np.ndarray, healthy: np.ndarray, max_shift: in
     return best.astype(np.float32)
 
 
+def map_formula(settings: CondLDMSettings) -> str:
+    """Eq. 8's map as `settings` compute it, for the bundle's manifest and every report."""
+    reference = "D(E(x))" if settings.against_reconstruction else "x"
+    residual = f"min over shifts |d| <= {settings.max_shift} of |{reference} - x_hat(. + d)|"
+    if settings.median_size > 1:
+        residual = f"median{settings.median_size}({residual})"
+    if settings.gaussian_sigma > 0:
+        residual = f"gaussian{settings.gaussian_sigma:g}({residual})"
+    times = "once" if settings.erosion == 1 else f"{settings.erosion} times"
+    return f"{residual} in the brain eroded {times} (eq. 8)"
+
+
 @dataclass
 class CondLDMModel:
     """The frozen first stage, the conditioned network, their diffusion process and scale."""
@@ -98,6 +111,10 @@ class CondLDMModel:
     latent_scale: float
     settings: CondLDMSettings
     device: str = "cpu"
+
+    @property
+    def map_formula(self) -> str:
+        return map_formula(self.settings)
 
     def to(self, device: str) -> CondLDMModel:
         self.autoencoder.to(device)
@@ -137,7 +154,7 @@ class CondLDMModel:
         if self.settings.lpips:
             residual = residual * perceptual_distance(reference, healthy, brain)
         residual = filtered_in_eroded_brain(residual * brain, brain, self.settings.median_size,
-                                            self.settings.erosion)
+                                            self.settings.erosion, self.settings.gaussian_sigma)
         if self.settings.minmax:
             inside = residual[brain]
             low, high = float(inside.min()), float(inside.max())

@@ -126,8 +126,8 @@ CDDPM_OPTION_SPECS = {
 # chain: 4 chains of every 5th level, averaged (measured better than the paper's one full chain,
 # `respacing` 1 and `samples` 1, at 200 network evaluations instead of 250). T = 1000.
 COND_LDM_OPTIONS = {"t_int": 250, "respacing": 5, "ancestral": 1, "samples": 4,
-                    "max_shift": 2, "median_size": 5, "erosion": 3, "minmax": 0,
-                    "against_reconstruction": 1, "seed": 42}
+                    "max_shift": 2, "median_size": 5, "gaussian_sigma": 0.0, "erosion": 3,
+                    "minmax": 0, "against_reconstruction": 1, "seed": 42}
 COND_LDM_OPTION_SPECS = {
     "t_int": OptionSpec(int, 1, 1000),
     "respacing": OptionSpec(int, 1, 1000),
@@ -135,6 +135,7 @@ COND_LDM_OPTION_SPECS = {
     "samples": OptionSpec(int, 1, 16),
     "max_shift": OptionSpec(int, 0, 4),
     "median_size": OptionSpec(int, 1, 9),
+    "gaussian_sigma": OptionSpec(float, 0, 5),
     "erosion": OptionSpec(int, 0, 10),
     "minmax": OptionSpec(int, 0, 1),
     "against_reconstruction": OptionSpec(int, 0, 1),
@@ -240,7 +241,8 @@ METHODS = {
                            "scans; reconstructs from T_int = 250.", "cond_ldm",
                            "NeuroADLib.methods.cond_ldm:load_cond_ldm",
                            options=COND_LDM_OPTIONS, option_specs=COND_LDM_OPTION_SPECS,
-                           calibration="calibration_cond_ldm", unrecorded={"samples": 1}),
+                           calibration="calibration_cond_ldm",
+                           unrecorded={"samples": 1, "gaussian_sigma": 0.0}),
     "mad_ad": MethodInfo("mad_ad", "MAD-AD: masked latent diffusion on axial slices; the mask "
                          "head finds anomalous latent patches and only those are denoised.",
                          "mad_ad", "NeuroADLib.methods.mad_ad:load_mad_ad",

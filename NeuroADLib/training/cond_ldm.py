@@ -37,6 +37,7 @@ from ..methods.cond_ldm import (
     WEIGHTS_STEM,
     CondLDMSettings,
     load_cond_ldm,
+    map_formula,
 )
 from ..networks.autoencoder import load_autoencoder
 from ..networks.conditioned_unet import ConditionedUNetConfig, EncoderConditionedNetwork
@@ -161,7 +162,6 @@ def train_cond_ldm(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.Path
     settings = CondLDMSettings(**{**asdict(training.inference), "lpips": lpips})
     (out / "manifest.json").write_text(json.dumps({"inference": asdict(settings)}))
     data.standard.save(out)
-    reference = "D(E(x))" if settings.against_reconstruction else "x"
     validated = calibrate_on_validation(load_cond_ldm(out).to(device), data.validation, out,
                                         "calibration_cond_ldm")
     record(f"cond_ldm: {validated.describe()}")
@@ -175,9 +175,7 @@ def train_cond_ldm(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.Path
         training=training, settings=settings, device=device, data=data, cohort=cohort,
         validated=validated, record=record,
         anomaly_maps={"cond_ldm": {
-            "formula": (f"median{settings.median_size}(min over shifts |d| <= "
-                        f"{settings.max_shift} of |{reference} - x_hat(. + d)|) in the brain "
-                        f"eroded {settings.erosion} times (eq. 8)"),
+            "formula": map_formula(settings),
             "lpips": ("LPIPS-AlexNet whole-image factor applied" if lpips else
                       "not used: no AlexNet backbone weights were present when the bundle "
                       "was calibrated, so the map is the aligned residual alone")}})

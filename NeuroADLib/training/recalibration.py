@@ -86,6 +86,9 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
                         ignore=shutil.ignore_patterns(CHECKPOINT))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
         loaded = load_method(method, staging).to(device)
+        described = manifest.get("anomaly_maps", {}).get(method)
+        if isinstance(described, dict) and hasattr(loaded.model, "map_formula"):
+            described["formula"] = loaded.model.map_formula  # the post-processing may change
         start = time.perf_counter()
         maps, figures = [], []
         for k, (image, mask) in enumerate(zip(scans.images, scans.masks, strict=True)):
