@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from .threads import single_threaded
+
 
 def n4_bias_correct(
     image: sitk.Image,
@@ -28,6 +30,7 @@ def n4_bias_correct(
         return image
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations(list(iterations))
-    corrector.Execute(small_image, small_mask)
-    log_bias = corrector.GetLogBiasFieldAsImage(image)
+    with single_threaded():  # its fit sums differ with the thread count
+        corrector.Execute(small_image, small_mask)
+        log_bias = corrector.GetLogBiasFieldAsImage(image)
     return sitk.Cast(image / sitk.Exp(log_bias), sitk.sitkFloat32)

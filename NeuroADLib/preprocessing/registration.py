@@ -13,10 +13,10 @@ brain down (the pitfall of a single moments-initialised affine, see docs/ENVIRON
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import SimpleITK as sitk
+
+from .threads import single_threaded
 
 # Distance from the top of the head (scalp) to the top of the brain in adults, mm.
 SCALP_TO_BRAIN_MM = 12.0
@@ -27,20 +27,6 @@ TOP_CUT_FRACTION = 0.25
 CUT_TOP_LIFTS_MM = (0.0, 15.0, 30.0, 45.0)
 # SimpleITK reads a sampling seed of 0 as "use the wall clock": offset user seeds past it.
 _SEED_OFFSET = 1
-# Multi-threaded metric sums change results in the last digits from run to run;
-# one thread makes a registration exactly reproducible for a seed.
-_REGISTRATION_THREADS = 1
-
-
-@contextmanager
-def _single_threaded():
-    """Run the enclosed SimpleITK calls (registration internals included) on one thread."""
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_REGISTRATION_THREADS)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def _physical_points(mask: np.ndarray, image: sitk.Image, step: int = 1) -> np.ndarray:
@@ -150,7 +136,7 @@ def affine_to_template(
             stage1 = sitk.Similarity3DTransform(start)
             similarity = _registration(fixed_mask, seed, [4, 2], [2.0 * spacing, spacing], 200)
             similarity.SetInitialTransform(stage1, inPlace=True)
-            with _single_threaded():
+            with single_threaded():
                 similarity.Execute(template, subject)
             if best is None or similarity.GetMetricValue() < best[0]:
                 best = (similarity.GetMetricValue(), stage1)
@@ -160,7 +146,7 @@ def affine_to_template(
         affine.SetTranslation(stage1.GetTranslation())
     refinement = _registration(fixed_mask, seed, [2, 1], [spacing, 0.0], 200)
     refinement.SetInitialTransform(affine, inPlace=True)
-    with _single_threaded():
+    with single_threaded():
         refinement.Execute(template, subject)
     return affine, float(refinement.GetMetricValue())
 
@@ -199,7 +185,7 @@ def deformable_brain_mask(
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetMovingInitialTransform(inverse_affine)
     method.SetInitialTransform(bspline, inPlace=True)
-    with _single_threaded():
+    with single_threaded():
         method.Execute(subject, template)
 
     subject_to_template = sitk.CompositeTransform([inverse_affine, bspline])

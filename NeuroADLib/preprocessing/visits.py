@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .registration import _SEED_OFFSET, _single_threaded
+from .registration import _SEED_OFFSET
+from .threads import single_threaded
 
 
 def rigid_to_first(first: sitk.Image, first_brain: np.ndarray, follow_up: sitk.Image,
@@ -38,7 +39,7 @@ def rigid_to_first(first: sitk.Image, first_brain: np.ndarray, follow_up: sitk.I
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre)
     registration.SetInitialTransform(initial, inPlace=False)
-    with _single_threaded():
+    with single_threaded():
         found = registration.Execute(sitk.Cast(first, sitk.sitkFloat32),
                                      sitk.Cast(follow_up, sitk.sitkFloat32))
     transform = sitk.Euler3DTransform()
