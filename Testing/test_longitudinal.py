@@ -225,7 +225,6 @@ def test_worker_refuses_malformed_visit_requests(request_, message):
                    "sex": "F", "methods": ["longitudinal"], "out": "o"})
 
 
-@pytest.mark.slow
 def _visit_alignment_error_mm(first_scan, follow_up_scan, rigid_parameters: list[float],
                               motion: sitk.Transform) -> float:
     """Mean distance (mm), over first-visit brain voxels, between where the run's alignment
@@ -249,6 +248,7 @@ def _visit_alignment_error_mm(first_scan, follow_up_scan, rigid_parameters: list
     return float(np.mean(errors))
 
 
+@pytest.mark.slow
 def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
     """Two visits (a real scan and the same head moved and re-scanned) through a tiny SDM
     bundle trained on the product grid: visit folders, LAFM applied, Yen masks, geometry."""
