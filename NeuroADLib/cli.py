@@ -382,7 +382,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model = Path(args.model) if args.model else find_bundle(args.method).folder
     recalibrate(args.method, model, args.cohort, args.out, options.get(args.method),
-                args.split, select_device(args.device))
+                args.split, select_device(args.device), smoothing_sigma=args.smoothing_sigma)
     return 0
 
 
@@ -760,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_train)
 
+    from .methods.base import REFERENCE_SMOOTHING_SIGMA
+
     p = command("calibrate", "Recalibrate a trained method without retraining it: its healthy "
                              "threshold and normative statistics measured again on a prepared "
                              "cohort's healthy scans (e.g. a site's own controls), at other "
@@ -777,6 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="METHOD.NAME=VALUE",
                    help="an inference option the bundle then runs and is calibrated at, e.g. "
                         "cond_ldm.samples=4")
+    p.add_argument("--smoothing-sigma", type=float, metavar="VOXELS",
+                   default=REFERENCE_SMOOTHING_SIGMA,
+                   help="variance smoothing of the healthy statistics behind normative maps, "
+                        "in voxels (default: %(default)s, what every training uses)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_calibrate)

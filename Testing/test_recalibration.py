@@ -27,6 +27,7 @@ from NeuroADLib.methods import load_method
 from NeuroADLib.methods.base import Calibration
 from NeuroADLib.models.bundles import MANIFEST, Bundle, verify_bundle
 from NeuroADLib.pipeline import threshold_report
+from NeuroADLib.subject import Subject
 from NeuroADLib.training.recalibration import recalibrate
 
 
@@ -128,6 +129,33 @@ def test_another_cohorts_controls_recalibrate_the_threshold(zscore_bundle, tmp_p
     assert manifest["recalibrations"][-1]["split"] == "all"
 
 
+def test_the_healthy_statistics_are_smoothed_as_asked(zscore_bundle, tmp_path):
+    from NeuroADLib.postprocessing import ReferenceStatistics, normative_threshold
+    from NeuroADLib.training.data import load_split
+
+    cohort, bundle = zscore_bundle
+    result = recalibrate("zscore", bundle, cohort, tmp_path / "wide", log=quiet,
+                         smoothing_sigma=4.0)
+    calibration = Calibration.load(result.folder, "calibration")
+    record = json.loads((result.folder / MANIFEST).read_text())["recalibrations"][-1]
+    assert calibration.smoothing_sigma == record["smoothing_sigma"] == 4.0
+    method = load_method("zscore", result.folder)
+    validation = load_split(cohort, "validation")
+    maps = [method.model.predict(method.harmonise(image, mask)[0], mask, Subject(age, sex))[0]
+            for image, mask, age, sex in zip(validation.images, validation.masks,
+                                             validation.ages, validation.sexes, strict=True)]
+    expected = ReferenceStatistics.from_healthy_maps(maps, validation.masks, 0.01, 4.0)
+    covered = np.isfinite(expected.std)
+    np.testing.assert_allclose(calibration.reference.std[covered], expected.std[covered],
+                               rtol=2e-3)  # stored in half precision
+    assert calibration.normative_threshold == pytest.approx(
+        normative_threshold(maps, validation.masks, 0.01, 0.01, 4.0)[0], rel=1e-6)
+    default = Calibration.load(recalibrate("zscore", bundle, cohort, tmp_path / "default",
+                                           log=quiet).folder, "calibration")
+    assert default.smoothing_sigma == 2.0
+    assert not np.allclose(default.reference.std[covered], calibration.reference.std[covered])
+
+
 def test_bad_requests_are_refused_and_write_nothing(zscore_bundle, cond_ldm_bundle, tmp_path):
     cohort, bundle = zscore_bundle
     out = tmp_path / "out"
@@ -141,6 +169,8 @@ def test_bad_requests_are_refused_and_write_nothing(zscore_bundle, cond_ldm_bund
         recalibrate("zscore", bundle, tmp_path / "nowhere", out, log=quiet)
     with pytest.raises(UsageError, match="split"):
         recalibrate("zscore", bundle, cohort, out, split="test", log=quiet)
+    with pytest.raises(UsageError, match="smoothing sigma"):
+        recalibrate("zscore", bundle, cohort, out, log=quiet, smoothing_sigma=-1.0)
     tampered = shutil.copytree(bundle, tmp_path / "tampered")
     (tampered / "calibration.json").write_text("{}")
     with pytest.raises(ModelError, match="corrupt"):
@@ -181,6 +211,9 @@ def test_the_command_line_exit_codes(zscore_bundle, tmp_path, capsys):
     assert main(["calibrate", "zscore", "--model", str(cohort), "--cohort", str(cohort),
                  "--out", str(tmp_path / "c")]) == EXIT_MODEL
     assert "not a model bundle" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "d"), "--threads", "1"]) == 0
+    assert main([*args, "--out", str(tmp_path / "e"), "--smoothing-sigma", "-2"]) == EXIT_USAGE
+    assert main([*args, "--out", str(tmp_path / "d"), "--threads", "1",
+                 "--smoothing-sigma", "3"]) == 0
     verify_bundle(Bundle(tmp_path / "d", json.loads((tmp_path / "d" / MANIFEST).read_text())))
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert Calibration.load(tmp_path / "d", "calibration").smoothing_sigma == 3.0
+    assert not any((tmp_path / name).exists() for name in "abce")

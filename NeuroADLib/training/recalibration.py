@@ -25,7 +25,12 @@ import numpy as np
 
 from ..errors import InputError, ModelError, OptionError, UsageError
 from ..evaluation.metrics import mae_psnr_ssim
-from ..methods.base import Calibration, calibrated_options, load_method
+from ..methods.base import (
+    REFERENCE_SMOOTHING_SIGMA,
+    Calibration,
+    calibrated_options,
+    load_method,
+)
 from ..methods.registry import METHODS, validate_options
 from ..models.bundles import CHECKPOINT, MANIFEST, Bundle, verify_bundle
 from ..outputs import atomic_output_folder
@@ -51,11 +56,14 @@ class RecalibrationResult:
 
 def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLike,
                 out: str | os.PathLike, options: dict | None = None, split: str = "validation",
-                device: str = "cpu", log=print) -> RecalibrationResult:
+                device: str = "cpu", log=print,
+                smoothing_sigma: float = REFERENCE_SMOOTHING_SIGMA) -> RecalibrationResult:
     """Recalibrate `method` of the bundle in `bundle` on the healthy scans of a prepared
     `cohort` (`split`: "validation", or "all" for a cohort of controls that trains nothing),
     at the bundle's inference options with `options` over them; the new bundle is written to
-    `out`, a new folder, all at once (nothing is written on failure)."""
+    `out`, a new folder, all at once (nothing is written on failure). `smoothing_sigma`: the
+    variance smoothing (voxels) of the healthy statistics behind normative maps, the one every
+    training uses unless a method's figures chose another."""
     if method not in METHODS:
         raise ModelError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
     owner = _calibration_owner(method)
@@ -64,6 +72,9 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
                          f"{owner}.")
     if split not in SPLITS:
         raise UsageError(f"Unknown split {split!r}: use {' or '.join(SPLITS)}.")
+    if not (np.isfinite(smoothing_sigma) and smoothing_sigma >= 0):
+        raise UsageError(f"The smoothing sigma must be a number of voxels >= 0, not "
+                         f"{smoothing_sigma}.")
     try:
         options = validate_options(method, options)
     except ValueError as error:
@@ -99,7 +110,8 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
             log(f"{method}: {scans.subjects[k]} ({k + 1}/{len(scans.rows)})")
         seconds = (time.perf_counter() - start) / len(maps)
         calibration = Calibration.from_healthy_maps(
-            maps, scans.masks, previous.fpr, previous.reference.top_fraction, previous.map_kind)
+            maps, scans.masks, previous.fpr, previous.reference.top_fraction, previous.map_kind,
+            smoothing_sigma)
         calibration.save(staging, METHODS[method].calibration)
         reconstruction = {key: float(np.mean([f[key] for f in figures])) for key in figures[0]}
         _record(staging, manifest, method, {
