@@ -780,9 +780,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an inference option the bundle then runs and is calibrated at, e.g. "
                         "cond_ldm.samples=4")
     p.add_argument("--smoothing-sigma", type=float, metavar="VOXELS",
-                   default=REFERENCE_SMOOTHING_SIGMA,
                    help="variance smoothing of the healthy statistics behind normative maps, "
-                        "in voxels (default: %(default)s, what every training uses)")
+                        "in voxels (default: the bundle's own, e.g. 4 for cond-ldm-ixi-2mm; "
+                        f"{REFERENCE_SMOOTHING_SIGMA:g}, what every training uses, for a "
+                        "bundle calibrated before smoothing)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=COUNT, help="CPU threads (default: all)")
     p.set_defaults(run=_calibrate)

@@ -24,10 +24,11 @@ from NeuroADLib.errors import (
     UsageError,
 )
 from NeuroADLib.methods import load_method
-from NeuroADLib.methods.base import Calibration
+from NeuroADLib.methods.base import REFERENCE_SMOOTHING_SIGMA, Calibration
 from NeuroADLib.models.bundles import MANIFEST, Bundle, verify_bundle
 from NeuroADLib.pipeline import threshold_report
 from NeuroADLib.subject import Subject
+from NeuroADLib.training.provenance import file_entry
 from NeuroADLib.training.recalibration import recalibrate
 
 
@@ -154,6 +155,25 @@ def test_the_healthy_statistics_are_smoothed_as_asked(zscore_bundle, tmp_path):
                                            log=quiet).folder, "calibration")
     assert default.smoothing_sigma == 2.0
     assert not np.allclose(default.reference.std[covered], calibration.reference.std[covered])
+    again = Calibration.load(recalibrate("zscore", result.folder, cohort, tmp_path / "again",
+                                         log=quiet).folder, "calibration")
+    assert again.smoothing_sigma == 4.0  # a bundle's own smoothing is kept unless told
+    np.testing.assert_array_equal(again.reference.std, calibration.reference.std)
+
+
+def test_a_calibration_made_before_smoothing_is_recalibrated_at_the_reference_sigma(
+        zscore_bundle, tmp_path):
+    cohort, bundle = zscore_bundle
+    old = shutil.copytree(bundle, tmp_path / "old")
+    meta = json.loads((old / "calibration.json").read_text())
+    del meta["smoothing_sigma"]  # as calibrations made before smoothing are stored
+    (old / "calibration.json").write_text(json.dumps(meta))
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["files"]["calibration.json"] = file_entry(old / "calibration.json")
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    assert Calibration.load(old, "calibration").smoothing_sigma == 0.0
+    result = recalibrate("zscore", old, cohort, tmp_path / "new", log=quiet)
+    assert result.calibration.smoothing_sigma == REFERENCE_SMOOTHING_SIGMA
 
 
 def test_bad_requests_are_refused_and_write_nothing(zscore_bundle, cond_ldm_bundle, tmp_path):

@@ -57,13 +57,13 @@ class RecalibrationResult:
 def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLike,
                 out: str | os.PathLike, options: dict | None = None, split: str = "validation",
                 device: str = "cpu", log=print,
-                smoothing_sigma: float = REFERENCE_SMOOTHING_SIGMA) -> RecalibrationResult:
+                smoothing_sigma: float | None = None) -> RecalibrationResult:
     """Recalibrate `method` of the bundle in `bundle` on the healthy scans of a prepared
     `cohort` (`split`: "validation", or "all" for a cohort of controls that trains nothing),
     at the bundle's inference options with `options` over them; the new bundle is written to
     `out`, a new folder, all at once (nothing is written on failure). `smoothing_sigma`: the
-    variance smoothing (voxels) of the healthy statistics behind normative maps, the one every
-    training uses unless a method's figures chose another."""
+    variance smoothing (voxels) of the healthy statistics behind normative maps; None keeps
+    the bundle's own (see `own_smoothing_sigma`)."""
     if method not in METHODS:
         raise ModelError(f"Unknown method {method!r}; available: {', '.join(METHODS)}.")
     owner = _calibration_owner(method)
@@ -72,7 +72,8 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
                          f"{owner}.")
     if split not in SPLITS:
         raise UsageError(f"Unknown split {split!r}: use {' or '.join(SPLITS)}.")
-    if not (np.isfinite(smoothing_sigma) and smoothing_sigma >= 0):
+    if smoothing_sigma is not None and not (np.isfinite(smoothing_sigma)
+                                            and smoothing_sigma >= 0):
         raise UsageError(f"The smoothing sigma must be a number of voxels >= 0, not "
                          f"{smoothing_sigma}.")
     try:
@@ -86,6 +87,8 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
     manifest = _read_bundle(source, method)
     scans = _healthy_scans(cohort, split)
     previous = Calibration.load(source, METHODS[method].calibration)
+    if smoothing_sigma is None:
+        smoothing_sigma = own_smoothing_sigma(previous)
     if previous.map_kind == "normative" and len(scans.rows) < MIN_SCANS_FOR_NORMATIVE:
         raise InputError(f"{method} outputs normative maps, whose calibration needs at least "
                          f"{MIN_SCANS_FOR_NORMATIVE} healthy scans; the cohort's {split} "
@@ -130,6 +133,15 @@ def recalibrate(method: str, bundle: str | os.PathLike, cohort: str | os.PathLik
         f"was {previous.output_threshold:.4g}), healthy flagged "
         f"{calibration.output_flagged_range}; wrote {out}")
     return RecalibrationResult(out, calibration, reconstruction, seconds, scans.subjects)
+
+
+def own_smoothing_sigma(calibration: Calibration) -> float:
+    """The variance smoothing a recalibration keeps by default: the calibration's own where it
+    smoothed (a bundle whose figures chose another sigma keeps it), the reference sigma every
+    training uses where it was made before smoothing (recorded as 0)."""
+    if calibration.smoothing_sigma > 0:
+        return calibration.smoothing_sigma
+    return REFERENCE_SMOOTHING_SIGMA
 
 
 def _read_bundle(folder: Path, method: str) -> dict:
