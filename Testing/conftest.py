@@ -101,7 +101,7 @@ def tiny_cadd_bundle(root: Path, cohort: Path, autoencoder: Path,
                      variants: list[str] | None = None) -> Path:
     """A CADD bundle (root/cadd) of the tiny transformer trained for two steps on top of
     `tiny_cadd_stages`, calibrated at t_int 100 with respacing 10: seconds on 2 cores."""
-    from NeuroADLib.diffusion.inpainting import InpaintingSettings
+    from NeuroADLib.methods.cadd import CADDSettings
     from NeuroADLib.training.cadd_bundle import build_cadd_bundle
     from NeuroADLib.training.latent_diffusion import (
         LatentDiffusionTraining,
@@ -112,7 +112,7 @@ def tiny_cadd_bundle(root: Path, cohort: Path, autoencoder: Path,
                                          LatentDiffusionTraining(steps=2, batch_size=2),
                                          log=_quiet)
     return build_cadd_bundle(cohort, autoencoder, transformer, root / "cadd",
-                             InpaintingSettings(t_int=100, respacing=10), variants=variants,
+                             CADDSettings(t_int=100, respacing=10), variants=variants,
                              log=_quiet)
 
 

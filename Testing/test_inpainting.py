@@ -125,10 +125,10 @@ def test_respaced_ancestral_chains_draw_seeded_noise_and_ddim_none():
 def test_registry_options_are_the_inpainting_defaults():
     from dataclasses import asdict
 
+    from NeuroADLib.methods.cadd import VARIANTS, CADDSettings
     from NeuroADLib.methods.registry import CADD_OPTIONS, METHODS
 
-    assert CADD_OPTIONS == asdict(InpaintingSettings())
-    from NeuroADLib.methods.cadd import VARIANTS
+    assert CADD_OPTIONS == asdict(CADDSettings())
 
     assert set(VARIANTS) == {n for n, m in METHODS.items() if m.family == "cadd"}
 

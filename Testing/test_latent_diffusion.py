@@ -96,6 +96,14 @@ def test_cadd_bundle_calibrates_every_variant(stage_one, tmp_path):
                                atol=1e-4)  # the latent scale applied and undone
     np.testing.assert_allclose(paper_anomaly, np.abs(image * brain - healthy) * brain,
                                atol=1e-4)
+    # the post-filter is scipy's Gaussian of that map, zeroed outside the eroded brain
+    from scipy import ndimage
+
+    smoothed, _ = load_method("cadd", bundle, {"gaussian_sigma": 1.5, "erosion": 1}
+                              ).model.predict(image, brain, WOMAN)
+    eroded = ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1))
+    np.testing.assert_allclose(smoothed, ndimage.gaussian_filter(anomaly.astype(np.float64), 1.5)
+                               * eroded, atol=1e-6)
     # the cohort percentiles cover every level up to T, so a longer chain finds its rows ...
     longer = load_method("cadd", bundle, {"t_int": 300, "respacing": 10})
     assert longer.anomaly_map(image, brain, WOMAN).shape == image.shape
@@ -172,11 +180,11 @@ def test_an_interrupted_calibration_resumes_with_the_variants_still_to_do(stage_
     first = tiny_cadd_bundle(tmp_path, cohort, autoencoder, variants=["ldm"])
     kept = (first / "calibration_ldm.json").read_text()
     lines = []
-    from NeuroADLib.diffusion.inpainting import InpaintingSettings
+    from NeuroADLib.methods.cadd import CADDSettings
     from NeuroADLib.training.cadd_bundle import build_cadd_bundle
 
     again = build_cadd_bundle(cohort, autoencoder, first.parent / "transformer", first,
-                              InpaintingSettings(t_int=100, respacing=10),
+                              CADDSettings(t_int=100, respacing=10),
                               variants=["ldm", "ldm_tavg"], log=lines.append)
     assert any(line.startswith("ldm: ") and line.endswith("(resumed)") for line in lines)
     assert not any(line.startswith("ldm_tavg: ") and "resumed" in line for line in lines)

@@ -14,13 +14,16 @@ the bundle's calibrated threshold.
         --clinical BENCH/clinical/cases.csv] --json normative.json [--choose zscore=BUNDLE]
 
 `--choose NAME=BUNDLE` records the map with the higher synthetic AP as the method's default in
-its bundle (training/map_choice.py), with these figures.
+its bundle (training/map_choice.py), with these figures. `--post-filter NAME=sigma=1.5,erosion=1`
+scores unfiltered maps (`--map raw` with the method's post-filter off) as the method outputs
+them with those post-filter options (median side, Gaussian sigma, brain erosions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +41,47 @@ from NeuroADLib.postprocessing import (
     normative_threshold,
     zscore_map,
 )
+from NeuroADLib.postprocessing.filters import filtered_in_eroded_brain
 from NeuroADLib.training.map_choice import choose_map
 
 
-def load_maps(results: Path, method: str, cases: list[dict]) -> dict[str, np.ndarray]:
-    return {c["case"]: np.load(results / "maps" / method / f"{c['case']}.npy").astype(np.float32)
-            for c in cases if (results / "maps" / method / f"{c['case']}.npy").is_file()}
+@dataclass(frozen=True)
+class PostProcessing:
+    """A median filter of side `median` (1: none), a Gaussian of `sigma` voxels (0: none), then
+    zero outside the brain mask eroded `erosion` times (`filtered_in_eroded_brain`)."""
+
+    median: int = 1
+    sigma: float = 0.0
+    erosion: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> PostProcessing:
+        fields = dict(item.split("=", 1) for item in text.split(",") if item)
+        return cls(median=int(fields.get("median", 1)), sigma=float(fields.get("sigma", 0)),
+                   erosion=int(fields.get("erosion", 0)))
+
+    def name(self) -> str:
+        smoothing = [f"median {self.median}"] * (self.median > 1) + [
+            f"gaussian {self.sigma:g}"] * (self.sigma > 0)
+        return f"{', '.join(smoothing) or 'none'}, erosion {self.erosion}"
+
+    def apply(self, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        return filtered_in_eroded_brain(volume, brain, self.median, self.erosion, self.sigma)
+
+
+def load_maps(results: Path, method: str, cases: list[dict],
+              post: PostProcessing | None = None, volumes: CaseVolumes | None = None
+              ) -> dict[str, np.ndarray]:
+    """The saved maps of these cases, post-processed by `post` (each in its case's brain mask
+    from `volumes`) where given: the maps a method would have written with those options."""
+    maps = {}
+    for case in cases:
+        path = results / "maps" / method / f"{case['case']}.npy"
+        if path.is_file():
+            anomaly = np.load(path).astype(np.float32)
+            maps[case["case"]] = (post.apply(anomaly, volumes.read(case, "brain_mask") > 0)
+                                  if post else anomaly)
+    return maps
 
 
 def lesion_figures(anomaly, brain, lesion, threshold) -> dict:
@@ -63,9 +101,10 @@ def flagged(anomaly: np.ndarray, brain: np.ndarray, threshold: float,
 def compare(method: str, results: Path, volumes: CaseVolumes, real_results: Path | None,
             real: CaseVolumes | None, clinical_results: Path | None = None,
             clinical: CaseVolumes | None = None,
-            smoothing_sigma: float = REFERENCE_SMOOTHING_SIGMA) -> dict:
+            smoothing_sigma: float = REFERENCE_SMOOTHING_SIGMA,
+            post: PostProcessing | None = None) -> dict:
     cases = [c for c in volumes.cases if c["contrast"] == "t1"]
-    maps = load_maps(results, method, cases)
+    maps = load_maps(results, method, cases, post, volumes)
     healthy = [c for c in cases if c["kind"] == "healthy" and c["case"] in maps]
     lesioned = [c for c in cases if c["kind"] == "synthetic" and c["case"] in maps]
     brains = {c["subject"]: volumes.read(c, "brain_mask") for c in healthy}
@@ -111,7 +150,7 @@ def compare(method: str, results: Path, volumes: CaseVolumes, real_results: Path
         summary[kind] = figures
     if real_results is not None and real is not None:
         real_cases = [c for c in real.cases if c["contrast"] == "t1"]
-        real_maps = load_maps(real_results, method, real_cases)
+        real_maps = load_maps(real_results, method, real_cases, post, real)
         for kind, threshold in (("raw", raw_threshold), ("normative", norm_threshold)):
             figures = []
             for case in (c for c in real_cases if c["case"] in real_maps):
@@ -126,7 +165,7 @@ def compare(method: str, results: Path, volumes: CaseVolumes, real_results: Path
             summary[kind]["real_flagged_outside_lesion"] = float(np.mean(
                 [f["outside"] for f in figures]))
     if clinical_results is not None and clinical is not None:
-        clinical_maps = load_maps(clinical_results, method, clinical.cases)
+        clinical_maps = load_maps(clinical_results, method, clinical.cases, post, clinical)
         for kind, threshold in (("raw", raw_threshold), ("normative", norm_threshold)):
             shares = {"clinical_acquisition": [], "clinical_demo": []}
             for case in (c for c in clinical.cases if c["case"] in clinical_maps):
@@ -159,7 +198,12 @@ def main() -> None:
                              f"{REFERENCE_SMOOTHING_SIGMA})")
     parser.add_argument("--choose", action="append", default=[],
                         help="NAME=BUNDLE: record the better map as the bundle's default")
+    parser.add_argument("--post-filter", action="append", default=[],
+                        help="NAME=median=M,sigma=S,erosion=E: post-process that method's saved "
+                             "unfiltered maps so first, as its options would")
     args = parser.parse_args()
+    post = {name: PostProcessing.parse(text)
+            for name, text in (item.split("=", 1) for item in args.post_filter)}
     volumes = CaseVolumes(args.synthetic)
     real = CaseVolumes(args.real) if args.real else None
     real_results = dict(item.split("=", 1) for item in args.real_results)
@@ -175,7 +219,8 @@ def main() -> None:
         clinical_folder = (Path(clinical_results[name]) if name in clinical_results
                            else None)
         figures[name] = compare(name, Path(results), volumes, real_folder, real,
-                                clinical_folder, clinical, args.smoothing_sigma)
+                                clinical_folder, clinical, args.smoothing_sigma,
+                                post.get(name))
         healthy_maps[name] = figures[name].pop("healthy_maps")
         for kind, f in figures[name].items():
             extra = [f.get(key, np.nan) for key in ("real_ap", "real_dice")]

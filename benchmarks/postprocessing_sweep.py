@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from normative_maps import load_maps
+from normative_maps import PostProcessing, load_maps
 
 from NeuroADLib.evaluation import metrics
 from NeuroADLib.evaluation.harness import CaseVolumes
@@ -41,31 +41,6 @@ from NeuroADLib.postprocessing import (
     healthy_calibrated_threshold,
     normative_map,
 )
-from NeuroADLib.postprocessing.filters import filtered_in_eroded_brain
-
-
-@dataclass(frozen=True)
-class PostProcessing:
-    """A median filter of side `median` (1: none), a Gaussian of `sigma` voxels (0: none), then
-    zero outside the brain mask eroded `erosion` times (`filtered_in_eroded_brain`)."""
-
-    median: int = 1
-    sigma: float = 0.0
-    erosion: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> PostProcessing:
-        fields = dict(item.split("=", 1) for item in text.split(",") if item)
-        return cls(median=int(fields.get("median", 1)), sigma=float(fields.get("sigma", 0)),
-                   erosion=int(fields.get("erosion", 0)))
-
-    def name(self) -> str:
-        smoothing = [f"median {self.median}"] * (self.median > 1) + [
-            f"gaussian {self.sigma:g}"] * (self.sigma > 0)
-        return f"{', '.join(smoothing) or 'none'}, erosion {self.erosion}"
-
-    def apply(self, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
-        return filtered_in_eroded_brain(volume, brain, self.median, self.erosion, self.sigma)
 
 
 @dataclass

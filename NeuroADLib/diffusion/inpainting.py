@@ -36,9 +36,6 @@ class InpaintingSettings:
     percentile: float = 95.0
     respacing: int = 1  # 1: the full ancestral chain of the paper
     seed: int = 42  # the paper's inference seed
-    # CADD's map: 1, |D(E(x)) - x^| (against the first stage's own reconstruction, which
-    # cancels its error; measured better, see the README's *CADD*); 0, |x - x^| (the paper)
-    against_reconstruction: int = 1
 
     def __post_init__(self) -> None:
         if self.level_step % self.respacing:

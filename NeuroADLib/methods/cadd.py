@@ -10,7 +10,8 @@ from one trained pair (first-stage autoencoder + Latte latent DDPM) and one bund
 The anomaly map is the voxel-wise absolute error |D(E(x)) - x^| inside the brain, x^ the
 decoded pseudo-healthy image and D(E(x)) the autoencoder's own reconstruction of the scan (as
 MAD-AD's map), which cancels the first stage's reconstruction error; `against_reconstruction`
-0 gives the paper's |x - x^|. Each variant carries its own healthy calibration.
+0 gives the paper's |x - x^|. `gaussian_sigma` smooths it (the paper: none), `erosion` drops
+the brain's rim. Each variant carries its own healthy calibration.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from ..errors import ModelError, UsageError
 from ..models.weights import load_weights
 from ..networks.autoencoder import decode_image, encode_image, load_autoencoder
 from ..networks.latte import TRANSFORMER_WEIGHTS, LatteConfig, LatteTransformer
+from ..postprocessing.filters import filtered_in_eroded_brain
 from ..progress import StepCallback
 from ..subject import UNKNOWN, Subject
-from .base import method_settings
+from .base import recorded_inference
 from .kl_table import LEVELS_KEY, as_stored, load_percentiles
 
 
@@ -55,12 +57,23 @@ VARIANTS = {
 }
 
 
+@dataclass(frozen=True)
+class CADDSettings(InpaintingSettings):
+    """Algorithm 1's knobs and the map's (registry.CADD_OPTIONS mirrors them)."""
+
+    # 1: |D(E(x)) - x^|, against the first stage's own reconstruction, which cancels its
+    # error (measured better, see the README's *CADD*); 0: |x - x^| (the paper)
+    against_reconstruction: int = 1
+    gaussian_sigma: float = 0.0  # a Gaussian over the map (voxels); 0: none, the paper's
+    erosion: int = 0  # brain-mask erosions before scoring; 0: the whole brain, the paper's
+
+
 @dataclass
 class CADDModel:
     autoencoder: torch.nn.Module
     transformer: LatteTransformer
     latent_scale: float
-    settings: InpaintingSettings
+    settings: CADDSettings
     variant: Variant
     cohort_percentiles: dict[str, torch.Tensor]  # "covariates"/"none", and LEVELS_KEY
     diffusion: GaussianDiffusion
@@ -131,12 +144,14 @@ class CADDModel:
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(|D(E(x)) - x^| inside the brain, x^), or |x - x^| with `against_reconstruction`
-        0; `on_step` hears of every sampling step."""
+        0, smoothed and eroded as the settings say; `on_step` hears of every sampling step."""
         z0 = self.encode(image)
         healthy = self.decode(self.healthy_latent(z0, subject, on_step), brain)
         reference = (self.decode(z0, brain) if self.settings.against_reconstruction
                      else image)
-        return (np.abs(reference - healthy) * brain).astype(np.float32), healthy
+        residual = filtered_in_eroded_brain(np.abs(reference - healthy) * brain, brain, 1,
+                                            self.settings.erosion, self.settings.gaussian_sigma)
+        return residual, healthy
 
 
 def cohort_kl_percentiles(model: CADDModel, latents: list[torch.Tensor],
@@ -170,8 +185,8 @@ def load_cadd(folder: str | Path, variant: str, options: dict | None = None) -> 
     percentiles = load_percentiles(folder)
     bundle = json.loads((folder / "manifest.json").read_text()) if (
         folder / "manifest.json").is_file() else {}
-    settings = InpaintingSettings(**{**method_settings(bundle.get("inference", {}), variant),
-                                      **(options or {})})
+    settings = CADDSettings(**{**recorded_inference(bundle.get("inference", {}), variant),
+                               **(options or {})})
     if "diffusion" not in manifest:
         raise ModelError(f"{folder / 'transformer' / 'manifest.json'} does not record its "
                          "diffusion process (schedule, steps, betas): retrain the transformer "

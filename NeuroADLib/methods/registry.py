@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# CADD's inference knobs and the paper's defaults (InpaintingSettings mirrors them; a test
+# CADD's inference knobs and the paper's defaults (cadd.CADDSettings mirrors them; a test
 # keeps the two equal).
 CADD_OPTIONS = {"t_int": 250, "level_step": 50, "percentile": 95.0, "respacing": 1, "seed": 42,
-                "against_reconstruction": 1}
+                "against_reconstruction": 1, "gaussian_sigma": 0.0, "erosion": 0}
 # CADD's diffusion chain has this many noise levels (GaussianDiffusion.num_timesteps).
 CADD_TIMESTEPS = 1000
 
@@ -66,6 +66,8 @@ CADD_OPTION_SPECS = {
     "respacing": OptionSpec(int, 1, CADD_TIMESTEPS),
     "seed": OptionSpec(int, 0, 2**32 - 1),
     "against_reconstruction": OptionSpec(int, 0, 1),
+    "gaussian_sigma": OptionSpec(float, 0, 5),
+    "erosion": OptionSpec(int, 0, 10),
 }
 
 
@@ -221,7 +223,8 @@ def _cadd(name: str, description: str, covariates: tuple[str, ...] = ()) -> Meth
     """A method of the CADD bundle: CADD's options, its own calibration in the bundle."""
     return MethodInfo(name, description, "cadd", CADD_LOADER, covariates=covariates,
                       options=CADD_OPTIONS, option_specs=CADD_OPTION_SPECS,
-                      calibration=f"calibration_{name}")
+                      calibration=f"calibration_{name}",
+                      unrecorded={"gaussian_sigma": 0.0, "erosion": 0})
 
 
 METHODS = {

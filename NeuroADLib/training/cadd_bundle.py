@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diffusion.inpainting import InpaintingSettings
 from ..errors import UsageError
 from ..evaluation.metrics import mae_psnr_ssim
 from ..methods.base import HEALTHY_FPR, INDEX_TOP_FRACTION, Calibration
-from ..methods.cadd import VARIANTS, cohort_kl_percentiles, load_cadd
+from ..methods.cadd import VARIANTS, CADDSettings, cohort_kl_percentiles, load_cadd
 from ..methods.kl_table import save_percentiles
 from ..subject import Subject
 from .autoencoder import reconstruction_quality
@@ -28,13 +27,13 @@ from .provenance import CHECKPOINT, write_manifest
 
 def build_cadd_bundle(cohort_dir: str | os.PathLike, autoencoder_dir: str | os.PathLike,
                       transformer_dir: str | os.PathLike, out: str | os.PathLike,
-                      settings: InpaintingSettings | None = None,
+                      settings: CADDSettings | None = None,
                       variants: list[str] | None = None, device: str = "cpu",
                       log=print) -> Path:
     """Copy both stages into `out` and compute, on the healthy validation split of
     `cohort_dir` (a cohort folder or its grid pack), the KL percentiles and every variant's
     calibration and reconstruction figures."""
-    settings = settings or InpaintingSettings()
+    settings = settings or CADDSettings()
     variants = variants or list(VARIANTS)
     lines: list[str] = []
 
