@@ -225,25 +225,39 @@ def test_worker_refuses_malformed_visit_requests(request_, message):
                    "sex": "F", "methods": ["longitudinal"], "out": "o"})
 
 
-def _visit_alignment_error_mm(first_scan, follow_up_scan, rigid_parameters: list[float],
-                              motion: sitk.Transform) -> float:
-    """Mean distance (mm), over first-visit brain voxels, between where the run's alignment
-    puts a grid point in the follow-up scan (visit 2's template-to-native affine after the
-    grid-level rigid) and where the simulated head motion moved that anatomy."""
-    from NeuroADLib.preprocessing import preprocess
+def _template_to_native(report: dict) -> sitk.AffineTransform:
+    """The template -> native affine a run's report.json records for its preprocessing."""
+    matrix = np.array(report["preprocessing"]["template_to_native_lps"])
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(matrix[:3, :3].ravel().tolist())
+    affine.SetTranslation(matrix[:3, 3].tolist())
+    return affine
 
-    first, follow_up = preprocess(first_scan), preprocess(follow_up_scan)
+
+def _visit_alignment_error_mm(first_report: dict, follow_up_report: dict,
+                              motion: sitk.Transform) -> float:
+    """Mean distance (mm), over the grid's template brain voxels, between where the run's
+    alignment puts a grid point in the follow-up scan (visit 2's template-to-native affine
+    after the grid-level rigid) and where the simulated head motion moved that anatomy. Read
+    from the two visits' reports, so the scans are not preprocessed again."""
+    from NeuroADLib.grid import GridSpec
+    from NeuroADLib.templates import template_brain_mask
+
+    grid = GridSpec.from_dict(first_report["preprocessing"]["grid"])
+    reference = grid.reference_image()
+    first = _template_to_native(first_report)
+    follow_up = _template_to_native(follow_up_report)
     rigid = sitk.Euler3DTransform()
-    rigid.SetCenter(first.image.TransformContinuousIndexToPhysicalPoint(
-        [(n - 1) / 2.0 for n in first.image.GetSize()]))
-    rigid.SetParameters(rigid_parameters)
+    rigid.SetCenter(reference.TransformContinuousIndexToPhysicalPoint(
+        [(n - 1) / 2.0 for n in reference.GetSize()]))
+    rigid.SetParameters(follow_up_report["longitudinal"]["aligned_to_visit1"])
     unmoved = motion.GetInverse()  # native point -> the same anatomy in the re-scan
-    brain = np.argwhere(sitk.GetArrayFromImage(first.brain_mask) > 0)[::997]
+    brain = np.argwhere(sitk.GetArrayFromImage(template_brain_mask(grid)) > 0)[::997]
     errors = []
     for z, y, x in brain:
-        point = first.image.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
-        expected = unmoved.TransformPoint(first.template_to_native.TransformPoint(point))
-        found = follow_up.template_to_native.TransformPoint(rigid.TransformPoint(point))
+        point = reference.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+        expected = unmoved.TransformPoint(first.TransformPoint(point))
+        found = follow_up.TransformPoint(rigid.TransformPoint(point))
         errors.append(np.linalg.norm(np.subtract(found, expected)))
     return float(np.mean(errors))
 
@@ -288,9 +302,9 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
         for name in ("anomaly_map.nii.gz", "anomaly_mask.nii.gz", "pseudo_healthy.nii.gz"):
             assert same_geometry(sitk.ReadImage(str(folder / name)), read_volume(source),
                                  tolerance=1e-4)
-    rigid = json.loads((out / "visit2" / "report.json").read_text())["longitudinal"][
-        "aligned_to_visit1"]
-    assert _visit_alignment_error_mm(scan, second, rigid, motion) < 1.0
+    first_report, follow_up_report = (json.loads((out / f"visit{k}" / "report.json").read_text())
+                                      for k in (1, 2))
+    assert _visit_alignment_error_mm(first_report, follow_up_report, motion) < 1.0
 
     # The same patient from a batch table: a subject column groups the rows into visits.
     table = tmp_path / "cases.csv"
