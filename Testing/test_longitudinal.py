@@ -401,6 +401,31 @@ def test_sdm_calibrations_shared_reconstructions_equal_separate_runs(tmp_path):
             fresh.threshold, rel=1e-5)
 
 
+def test_fam_scores_keep_the_feature_distance_they_are_composed_of(tmp_path):
+    """sdm_fam's scores carry D_f, and s is eq. 3.5 of D_p and it (the scale from the maxima
+    over the brain); sdm's carry neither."""
+    pytest.importorskip("torch")
+    from conftest import tiny_sdm_bundle
+
+    from NeuroADLib.methods.sdm import load_sdm
+    from NeuroADLib.training.data import load_split
+
+    cohort, bundle = tiny_sdm_bundle(tmp_path)
+    validation = load_split(cohort, "validation")
+    image, brain = validation.images[0], validation.masks[0] > 0
+    fam = load_sdm(bundle, "sdm_fam")
+    scores = fam.scores(image, brain)
+    assert scores.feature is not None and scores.feature.shape == image.shape
+    assert scores.feature[brain].max() > 0 and not scores.feature[~brain].any()
+    scale = scores.pixel[brain].max() / scores.feature[brain].max()
+    np.testing.assert_allclose(
+        scores.fam, (fam.settings.pixel_weight * scores.pixel + scale * scores.feature) * brain,
+        rtol=1e-5, atol=1e-7)
+    without = load_sdm(bundle, "sdm").scores(image, brain)
+    assert without.fam is None and without.feature is None
+    np.testing.assert_array_equal(without.pixel, scores.pixel)
+
+
 def test_a_native_rescan_moves_head_and_lesion_together_and_repeats_with_its_seed():
     from NeuroADLib.evaluation.longitudinal import rescanned
 

@@ -104,11 +104,13 @@ def fam_score(pixel: np.ndarray, feature: np.ndarray, brain: np.ndarray,
 @dataclass
 class SDMScores:
     """One scan's unfiltered maps: the pixel distance D_p, the FAM score s (None without
-    FAM), and the pseudo-healthy image, all on the grid."""
+    FAM), the pseudo-healthy image and the feature distance D_f (None without FAM), all on
+    the grid."""
 
     pixel: np.ndarray
     fam: np.ndarray | None
     healthy: np.ndarray
+    feature: np.ndarray | None = None
 
 
 @dataclass
@@ -189,9 +191,10 @@ class SDMModel:
 
         batch_size = self.batch_size or slice_batch_size(image.shape[1:])
         pixel = map_slices(image, brain, process, batch_size, on_step)
-        fam = (fam_score(pixel, feature, brain, self.settings.pixel_weight)
-               if self.extractor is not None else None)
-        return SDMScores(pixel, fam, healthy)
+        if self.extractor is None:
+            return SDMScores(pixel, None, healthy)
+        return SDMScores(pixel, fam_score(pixel, feature, brain, self.settings.pixel_weight),
+                         healthy, feature)
 
     def postprocess(self, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
         return filtered_in_eroded_brain(volume, brain, self.settings.median_size,
