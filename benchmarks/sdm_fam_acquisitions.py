@@ -3,7 +3,10 @@ table: where the pixel distance D_p is large (the brain's outer 2 voxels against
 feature distance D_f, the scale max(D_p) / max(D_f) that eq. 3.5 applies per scan, and the
 share of the brain each map flags at its bundle's calibrated threshold: `sdm_fam` as shipped
 (the per-scan scale), the same with one fixed scale (the median over the table's healthy cases)
-and `sdm` (D_p alone).
+and `sdm` (D_p alone). Then eq. 3.5 with its maxima taken over the whole brain (as shipped)
+against over the brain eroded as the post-processing erodes it (where the map is kept), each
+thresholded at 1% of the table's healthy brain voxels: flagged shares and the mean AP of the
+lesioned cases.
 
     python benchmarks/sdm_fam_acquisitions.py --bundle NeuroADLib/models/bundled/sdm-ixi-2mm \
         --cases CASES.csv --maps DIR [--threads 2]
@@ -22,7 +25,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from NeuroADLib.methods.base import LoadedMethod, load_method
+from NeuroADLib.evaluation.metrics import average_precision
+from NeuroADLib.methods.base import Calibration, LoadedMethod, load_method
 
 RIM_VOXELS = 2
 
@@ -36,10 +40,53 @@ def distances(loaded: LoadedMethod, image_path: str, mask_path: str) -> dict[str
     return {"pixel": scores.pixel, "feature": scores.feature, "brain": brain}
 
 
-def flagged(loaded: LoadedMethod, score: np.ndarray, brain: np.ndarray) -> float:
-    """Share of the brain above the bundle's threshold after the method's post-processing."""
+def flagged(loaded: LoadedMethod, score: np.ndarray, brain: np.ndarray,
+            threshold: float | None = None) -> float:
+    """Share of the brain above a threshold (the bundle's by default) after the method's
+    post-processing."""
     processed = loaded.model.postprocess((score * brain).astype(np.float32), brain)
-    return float((processed[brain] > loaded.calibration.output_threshold).mean())
+    if threshold is None:
+        threshold = loaded.calibration.output_threshold
+    return float((processed[brain] > threshold).mean())
+
+
+def fam_score_in(region: np.ndarray, pixel: np.ndarray, feature: np.ndarray,
+                 brain: np.ndarray, pixel_weight: float) -> np.ndarray:
+    """Eq. 3.5 with the maxima of D_p and D_f taken over `region`."""
+    scale = pixel[region].max() / feature[region].max()
+    return ((pixel_weight * pixel + scale * feature) * brain).astype(np.float32)
+
+
+def compare_scale_regions(loaded: LoadedMethod, cases: list) -> None:
+    """Eq. 3.5's maxima over the whole brain against over the eroded brain, each thresholded
+    on the table's healthy cases."""
+    model, weight = loaded.model, loaded.model.settings.pixel_weight
+    print("\n| eq. 3.5 maxima over | threshold (healthy cases) | healthy flagged (mean; max) | "
+          "acquisitions flagged (mean; max; above 2%) | demo flagged | lesioned AP (mean) |")
+    print("|---|---|---|---|---|---|")
+    erosions = (("the brain (as shipped)", 0), ("the eroded brain", model.settings.erosion))
+    for label, erosion in erosions:
+        maps = {}
+        for case, _, p, f, b, _ in cases:
+            region = ndimage.binary_erosion(b, iterations=erosion) if erosion else b
+            maps[case] = model.postprocess(fam_score_in(region, p, f, b, weight), b)
+        healthy = [case for case in cases if case[1] == "healthy"]
+        threshold = Calibration.from_healthy_maps([maps[c[0]] for c in healthy],
+                                                  [c[4] for c in healthy]).threshold
+        shares: dict[str, list[float]] = {}
+        for case, kind, _, _, b, _ in cases:
+            shares.setdefault(kind, []).append(float((maps[case][b] > threshold).mean()))
+        quiet = shares.get("healthy", [])
+        acquired = shares.get("clinical_acquisition", [])
+        demo = shares.get("clinical_demo", [])
+        ap = [average_precision(maps[c], lesion, b) for c, _, _, _, b, lesion in cases
+              if lesion is not None]
+        print(f"| {label} | {threshold:.4f} | "
+              f"{np.mean(quiet):.2%}; {max(quiet, default=0.0):.1%} | "
+              f"{np.mean(acquired):.2%}; {max(acquired, default=0.0):.1%}; "
+              f"{sum(a > 0.02 for a in acquired)} of {len(acquired)} | "
+              f"{', '.join(f'{d:.1%}' for d in demo) or '-'} | "
+              f"{np.mean(ap) if ap else float('nan'):.3f} ({len(ap)} cases) |")
 
 
 def main() -> None:
@@ -62,17 +109,21 @@ def main() -> None:
             if not stored.is_file():
                 np.savez_compressed(stored, **distances(
                     fam, str(table.parent / row["image"]), str(table.parent / row["brain_mask"])))
+            lesion = (sitk.GetArrayFromImage(sitk.ReadImage(str(table.parent /
+                                                             row["lesion_mask"]))) > 0
+                      if row.get("lesion_mask") else None)
             with np.load(stored) as data:
                 cases.append((row["case"], row["kind"], data["pixel"], data["feature"],
-                              data["brain"] > 0))
+                              data["brain"] > 0, lesion))
     weight = fam.model.settings.pixel_weight
-    healthy_scales = [p[b].max() / f[b].max() for _, kind, p, f, b in cases if kind == "healthy"]
+    healthy_scales = [p[b].max() / f[b].max() for _, kind, p, f, b, _ in cases
+                      if kind == "healthy"]
     fixed = float(np.median(healthy_scales)) if healthy_scales else float("nan")
     print(f"fixed scale (median over {len(healthy_scales)} healthy cases): {fixed:.2f}")
     print("| case | kind | max D_p | D_p q99, outer 2 voxels | D_p q99, deeper | mean D_f | "
           "scale (eq. 3.5) | sdm_fam flagged | fixed scale flagged | sdm flagged |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for case, kind, p, f, b in cases:
+    for case, kind, p, f, b, _ in cases:
         depth = ndimage.distance_transform_edt(b)
         rim, deep = b & (depth <= RIM_VOXELS), depth > RIM_VOXELS
         scale = p[b].max() / f[b].max()
@@ -81,6 +132,7 @@ def main() -> None:
               f"{flagged(fam, weight * p + scale * f, b):.1%} | "
               f"{flagged(fam, weight * p + fixed * f, b):.1%} | "
               f"{flagged(pixel_only, p, b):.1%} |")
+    compare_scale_regions(fam, cases)
 
 
 if __name__ == "__main__":
