@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from NeuroADLib.evaluation.metrics import average_precision
 from NeuroADLib.methods.base import Calibration, LoadedMethod, load_method
+from NeuroADLib.methods.sdm import fam_score
 
 RIM_VOXELS = 2
 
@@ -40,14 +41,10 @@ def distances(loaded: LoadedMethod, image_path: str, mask_path: str) -> dict[str
     return {"pixel": scores.pixel, "feature": scores.feature, "brain": brain}
 
 
-def flagged(loaded: LoadedMethod, score: np.ndarray, brain: np.ndarray,
-            threshold: float | None = None) -> float:
-    """Share of the brain above a threshold (the bundle's by default) after the method's
-    post-processing."""
+def flagged(loaded: LoadedMethod, score: np.ndarray, brain: np.ndarray) -> float:
+    """Share of the brain above the bundle's threshold after the method's post-processing."""
     processed = loaded.model.postprocess((score * brain).astype(np.float32), brain)
-    if threshold is None:
-        threshold = loaded.calibration.output_threshold
-    return float((processed[brain] > threshold).mean())
+    return float((processed[brain] > loaded.calibration.output_threshold).mean())
 
 
 def fam_score_in(region: np.ndarray, pixel: np.ndarray, feature: np.ndarray,
@@ -129,7 +126,7 @@ def main() -> None:
         scale = p[b].max() / f[b].max()
         print(f"| {case} | {kind} | {p[b].max():.3f} | {np.quantile(p[rim], 0.99):.3f} | "
               f"{np.quantile(p[deep], 0.99):.3f} | {f[b].mean():.4f} | {scale:.2f} | "
-              f"{flagged(fam, weight * p + scale * f, b):.1%} | "
+              f"{flagged(fam, fam_score(p, f, b, weight), b):.1%} | "
               f"{flagged(fam, weight * p + fixed * f, b):.1%} | "
               f"{flagged(pixel_only, p, b):.1%} |")
     compare_scale_regions(fam, cases)
