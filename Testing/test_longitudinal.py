@@ -402,28 +402,61 @@ def test_sdm_calibrations_shared_reconstructions_equal_separate_runs(tmp_path):
 
 
 def test_fam_scores_keep_the_feature_distance_they_are_composed_of(tmp_path):
-    """sdm_fam's scores carry D_f, and s is eq. 3.5 of D_p and it (the scale from the maxima
-    over the brain); sdm's carry neither."""
+    """sdm_fam's scores carry D_f, and s is eq. 3.5 of D_p and it, the scale from the maxima
+    over the brain eroded as the post-processing erodes it (over the whole brain with
+    scale_in_eroded_brain=0, as a bundle that does not record the option ran); sdm's carry
+    neither."""
     pytest.importorskip("torch")
     from conftest import tiny_sdm_bundle
 
     from NeuroADLib.methods.sdm import load_sdm
+    from NeuroADLib.postprocessing import erode_brain_mask
     from NeuroADLib.training.data import load_split
 
     cohort, bundle = tiny_sdm_bundle(tmp_path)
     validation = load_split(cohort, "validation")
     image, brain = validation.images[0], validation.masks[0] > 0
+
+    def eq_3_5(scores, weight: float, region: np.ndarray) -> np.ndarray:
+        scale = scores.pixel[region].max() / scores.feature[region].max()
+        return (weight * scores.pixel + scale * scores.feature) * brain
+
     fam = load_sdm(bundle, "sdm_fam")
     scores = fam.scores(image, brain)
     assert scores.feature is not None and scores.feature.shape == image.shape
     assert scores.feature[brain].max() > 0 and not scores.feature[~brain].any()
-    scale = scores.pixel[brain].max() / scores.feature[brain].max()
-    np.testing.assert_allclose(
-        scores.fam, (fam.settings.pixel_weight * scores.pixel + scale * scores.feature) * brain,
-        rtol=1e-5, atol=1e-7)
+    eroded = erode_brain_mask(brain, fam.settings.erosion)
+    assert fam.settings.scale_in_eroded_brain == 1 and 0 < eroded.sum() < brain.sum()
+    np.testing.assert_allclose(scores.fam, eq_3_5(scores, fam.settings.pixel_weight, eroded),
+                               rtol=1e-5, atol=1e-7)
+    whole = load_sdm(bundle, "sdm_fam", {"scale_in_eroded_brain": 0}).scores(image, brain)
+    np.testing.assert_allclose(whole.fam, eq_3_5(whole, fam.settings.pixel_weight, brain),
+                               rtol=1e-5, atol=1e-7)
+    assert not np.allclose(whole.fam, scores.fam)  # the rim's maxima set another scale
     without = load_sdm(bundle, "sdm").scores(image, brain)
     assert without.fam is None and without.feature is None
     np.testing.assert_array_equal(without.pixel, scores.pixel)
+
+
+def test_a_bundle_that_does_not_record_where_fam_scales_runs_as_it_was_calibrated(tmp_path):
+    """Bundles written before `scale_in_eroded_brain` took eq. 3.5's maxima over the whole
+    brain: they keep running, and reporting their calibration, at 0."""
+    import json
+
+    from NeuroADLib.methods.base import calibrated_options
+    from NeuroADLib.methods.sdm import load_sdm
+
+    pytest.importorskip("torch")
+    from conftest import tiny_sdm_bundle
+
+    _, bundle = tiny_sdm_bundle(tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["inference"]["scale_in_eroded_brain"] == 1
+    del manifest["inference"]["scale_in_eroded_brain"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("sdm_fam", "longitudinal"):
+        assert load_sdm(bundle, name).settings.scale_in_eroded_brain == 0
+        assert calibrated_options(manifest, name)["scale_in_eroded_brain"] == 0
 
 
 def test_a_native_rescan_moves_head_and_lesion_together_and_repeats_with_its_seed():

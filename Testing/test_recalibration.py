@@ -237,3 +237,22 @@ def test_the_command_line_exit_codes(zscore_bundle, tmp_path, capsys):
     verify_bundle(Bundle(tmp_path / "d", json.loads((tmp_path / "d" / MANIFEST).read_text())))
     assert Calibration.load(tmp_path / "d", "calibration").smoothing_sigma == 3.0
     assert not any((tmp_path / name).exists() for name in "abce")
+
+
+def test_options_recalibrated_for_one_method_reach_the_methods_thresholded_by_its_calibration():
+    """The longitudinal method is thresholded by sdm_fam's calibration: recalibrating sdm_fam
+    at an option sets it for both, and leaves sdm (its own calibration) at the shared one."""
+    from NeuroADLib.methods.base import calibrated_options
+    from NeuroADLib.training.recalibration import _with_options
+
+    manifest = {"method": "sdm_fam", "variants": ["sdm", "longitudinal"],
+                "inference": {"steps": 10, "scale_in_eroded_brain": 0}}
+    inference = _with_options(manifest, "sdm_fam", {"scale_in_eroded_brain": 1})
+    recalibrated = {**manifest, "inference": inference}
+    for name in ("sdm_fam", "longitudinal"):
+        assert inference[name] == {"scale_in_eroded_brain": 1}
+        assert "scale_in_eroded_brain" not in calibrated_options(recalibrated, name)
+    assert "sdm" not in inference and inference["scale_in_eroded_brain"] == 0
+    alone = _with_options({"method": "sdm_fam", "inference": {"steps": 10}}, "sdm_fam",
+                          {"steps": 20})
+    assert alone == {"steps": 20}

@@ -3,8 +3,9 @@ table: where the pixel distance D_p is large (the brain's outer 2 voxels against
 feature distance D_f, the scale max(D_p) / max(D_f) that eq. 3.5 applies per scan, and the
 share of the brain each map flags at its bundle's calibrated threshold: `sdm_fam` as shipped
 (the per-scan scale), the same with one fixed scale (the median over the table's healthy cases)
-and `sdm` (D_p alone). Then eq. 3.5 with its maxima taken over the whole brain (as shipped)
-against over the brain eroded as the post-processing erodes it (where the map is kept), each
+and `sdm` (D_p alone). Then eq. 3.5 with its maxima taken over the whole brain
+(`scale_in_eroded_brain=0`, as bundles before the option) against over the brain eroded as the
+post-processing erodes it (where the map is kept; `=1`, the default), each
 thresholded at 1% of the table's healthy brain voxels: flagged shares and the mean AP of the
 lesioned cases.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,26 +49,20 @@ def flagged(loaded: LoadedMethod, score: np.ndarray, brain: np.ndarray) -> float
     return float((processed[brain] > loaded.calibration.output_threshold).mean())
 
 
-def fam_score_in(region: np.ndarray, pixel: np.ndarray, feature: np.ndarray,
-                 brain: np.ndarray, pixel_weight: float) -> np.ndarray:
-    """Eq. 3.5 with the maxima of D_p and D_f taken over `region`."""
-    scale = pixel[region].max() / feature[region].max()
-    return ((pixel_weight * pixel + scale * feature) * brain).astype(np.float32)
-
-
 def compare_scale_regions(loaded: LoadedMethod, cases: list) -> None:
-    """Eq. 3.5's maxima over the whole brain against over the eroded brain, each thresholded
-    on the table's healthy cases."""
-    model, weight = loaded.model, loaded.model.settings.pixel_weight
+    """Eq. 3.5's maxima over the whole brain against over the eroded brain
+    (`scale_in_eroded_brain` 0 and 1), each thresholded on the table's healthy cases."""
+    weight = loaded.model.settings.pixel_weight
     print("\n| eq. 3.5 maxima over | threshold (healthy cases) | healthy flagged (mean; max) | "
           "acquisitions flagged (mean; max; above 2%) | demo flagged | lesioned AP (mean) |")
     print("|---|---|---|---|---|---|")
-    erosions = (("the brain (as shipped)", 0), ("the eroded brain", model.settings.erosion))
-    for label, erosion in erosions:
-        maps = {}
-        for case, _, p, f, b, _ in cases:
-            region = ndimage.binary_erosion(b, iterations=erosion) if erosion else b
-            maps[case] = model.postprocess(fam_score_in(region, p, f, b, weight), b)
+    regions = (("the brain (scale_in_eroded_brain=0)", 0),
+               ("the eroded brain (scale_in_eroded_brain=1)", 1))
+    for label, value in regions:
+        model = replace(loaded.model, settings=replace(loaded.model.settings,
+                                                       scale_in_eroded_brain=value))
+        maps = {case: model.postprocess(fam_score(p, f, b, weight, model.scale_region(b)), b)
+                for case, _, p, f, b, _ in cases}
         healthy = [case for case in cases if case[1] == "healthy"]
         threshold = Calibration.from_healthy_maps([maps[c[0]] for c in healthy],
                                                   [c[4] for c in healthy]).threshold
@@ -126,7 +122,7 @@ def main() -> None:
         scale = p[b].max() / f[b].max()
         print(f"| {case} | {kind} | {p[b].max():.3f} | {np.quantile(p[rim], 0.99):.3f} | "
               f"{np.quantile(p[deep], 0.99):.3f} | {f[b].mean():.4f} | {scale:.2f} | "
-              f"{flagged(fam, fam_score(p, f, b, weight), b):.1%} | "
+              f"{flagged(fam, fam_score(p, f, b, weight, fam.model.scale_region(b)), b):.1%} | "
               f"{flagged(fam, weight * p + fixed * f, b):.1%} | "
               f"{flagged(pixel_only, p, b):.1%} |")
     compare_scale_regions(fam, cases)

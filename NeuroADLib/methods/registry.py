@@ -194,13 +194,20 @@ SDM_OPTION_SPECS = {
     "seed": OptionSpec(int, 0, 2**32 - 1),
 }
 
+# FAM's score (eq. 3.5) adds where its maxima are taken: 1, the brain eroded as the
+# post-processing erodes it (the default: measured quieter on other acquisitions at the same
+# AP); 0, the whole brain, as bundles that do not record the option ran.
+SDM_FAM_OPTIONS = {**SDM_OPTIONS, "scale_in_eroded_brain": 1}
+SDM_FAM_OPTION_SPECS = {**SDM_OPTION_SPECS, "scale_in_eroded_brain": OptionSpec(int, 0, 1)}
+SDM_FAM_UNRECORDED = {"scale_in_eroded_brain": 0}
+
 # The longitudinal method adds LAFM's knobs (eq. 3.7-3.8, the report's beta and gamma; sigma in
 # years of visit time) and TDM imputation: with impute_every Y > 0, where two visits are more
 # than Y years apart, visits every Y years between them are imputed by TDM and fused as LAFM
 # references (0: off).
-LONGITUDINAL_OPTIONS = {**SDM_OPTIONS, "lafm_sigma": 2.5, "lafm_beta": 1.0, "lafm_gamma": 0.1,
+LONGITUDINAL_OPTIONS = {**SDM_FAM_OPTIONS, "lafm_sigma": 2.5, "lafm_beta": 1.0, "lafm_gamma": 0.1,
                         "impute_every": 0.0}
-LONGITUDINAL_OPTION_SPECS = {**SDM_OPTION_SPECS, "lafm_sigma": OptionSpec(float, 0, 100),
+LONGITUDINAL_OPTION_SPECS = {**SDM_FAM_OPTION_SPECS, "lafm_sigma": OptionSpec(float, 0, 100),
                              "lafm_beta": OptionSpec(float, 0, 1),
                              "lafm_gamma": OptionSpec(float, 0, 10),
                              "impute_every": OptionSpec(float, 0, 50)}
@@ -275,15 +282,17 @@ METHODS = {
                       calibration="calibration_sdm"),
     "sdm_fam": MethodInfo("sdm_fam", "SDM + FAM: SDM's pixel distance plus the feature "
                           "distance of a fine-tuned encoder (single-visit ablation of the "
-                          "longitudinal method).", "sdm", SDM_LOADER, options=SDM_OPTIONS,
-                          option_specs=SDM_OPTION_SPECS, calibration="calibration_sdm_fam"),
+                          "longitudinal method).", "sdm", SDM_LOADER, options=SDM_FAM_OPTIONS,
+                          option_specs=SDM_FAM_OPTION_SPECS, calibration="calibration_sdm_fam",
+                          unrecorded=SDM_FAM_UNRECORDED),
     "longitudinal": MethodInfo("longitudinal", "Longitudinal (SDM + FAM + LAFM): each visit's "
                                "SDM + FAM map fused with the patient's other visits (weighted "
                                "by the time between them), segmented per patient by Yen's "
                                "threshold; one visit: SDM + FAM.", "sdm", SDM_LOADER,
                                options=LONGITUDINAL_OPTIONS,
                                option_specs=LONGITUDINAL_OPTION_SPECS,
-                               calibration="calibration_sdm_fam"),
+                               calibration="calibration_sdm_fam",
+                               unrecorded=SDM_FAM_UNRECORDED),
 }
 
 

@@ -186,16 +186,21 @@ def _subject(scans: CohortSplit, k: int) -> Subject:
 
 
 def _with_options(manifest: dict, method: str, options: dict) -> dict:
-    """The manifest's inference settings with `options` for `method`: in the shared settings
-    where no other method of the bundle uses them; otherwise as the method's own settings
-    (`inference[method]`, over the shared ones: see `method_settings`), so that the other
-    methods keep the settings their calibrations were made at."""
+    """The manifest's inference settings with `options` for `method` and the bundle's methods
+    thresholded by its calibration (the longitudinal method by `sdm_fam`'s): in the shared
+    settings where no other method of the bundle uses them; otherwise as each of those
+    methods' own settings (`inference[name]`, over the shared ones: see `method_settings`), so
+    that the other methods keep the settings their calibrations were made at."""
     inference = dict(manifest.get("inference", {}))
     if not options:
         return inference
-    others = {manifest.get("method"), *manifest.get("variants", [])} - {method, None}
-    if isinstance(inference.get(method), dict) or others:
-        return {**inference, method: {**inference.get(method, {}), **options}}
+    served = {manifest.get("method"), *manifest.get("variants", [])} - {None}
+    calibration = METHODS[method].calibration
+    sharing = {method} | {name for name in served
+                          if name in METHODS and METHODS[name].calibration == calibration}
+    if any(isinstance(inference.get(name), dict) for name in sharing) or served - sharing:
+        return {**inference, **{name: {**inference.get(name, {}), **options}
+                                for name in sorted(sharing)}}
     return {**inference, **options}
 
 
