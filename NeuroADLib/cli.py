@@ -437,6 +437,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name in args.methods.split(","):
         if args.models:
             folder = Path(args.models) / name
+            if not (folder / "manifest.json").is_file():
+                raise ModelError(f"--models {args.models} holds no model for {name}: it needs "
+                                 f"the method's bundle in {folder} (a folder with its "
+                                 "manifest.json), one folder per method named after it.")
         else:
             bundle = find_bundle(name)
             verify_bundle(bundle)

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import IXI_SCAN, require
 
-from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_OUTPUT
+from NeuroADLib.errors import EXIT_BAD_INPUT, EXIT_MODEL, EXIT_OUTPUT
 
 
 def neuroad(*args: str) -> subprocess.CompletedProcess:
@@ -129,3 +129,15 @@ def test_a_decay_start_past_the_last_step_is_refused_before_anything_is_written(
                      "--steps", "10", "--decay-from", "10")
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "--decay-from 10" in result.stderr and not out.exists()
+
+
+def test_evaluate_names_the_folder_a_method_is_missing_from(tmp_path):
+    """`neuroad evaluate --models FOLDER` reads FOLDER/METHOD: a folder laid out otherwise (a
+    bundle named by its id) is a model error naming the folder it needs, before any output."""
+    models = tmp_path / "models"
+    (models / "zscore-ixi-2mm").mkdir(parents=True)
+    result = neuroad("evaluate", "--methods", "zscore", "--models", str(models), "--cases",
+                     str(tmp_path / "cases.csv"), "--out", str(tmp_path / "out"))
+    assert result.returncode == EXIT_MODEL, result.stderr
+    assert f"{models / 'zscore'}" in result.stderr and "one folder per method" in result.stderr
+    assert not (tmp_path / "out").exists()
