@@ -443,11 +443,11 @@ def test_a_bundle_that_does_not_record_where_fam_scales_runs_as_it_was_calibrate
     brain: they keep running, and reporting their calibration, at 0."""
     import json
 
-    from NeuroADLib.methods.base import calibrated_options
-    from NeuroADLib.methods.sdm import load_sdm
-
     pytest.importorskip("torch")
     from conftest import tiny_sdm_bundle
+
+    from NeuroADLib.methods.base import calibrated_options
+    from NeuroADLib.methods.sdm import load_sdm
 
     _, bundle = tiny_sdm_bundle(tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())

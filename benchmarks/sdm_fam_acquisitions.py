@@ -1,6 +1,7 @@
 """Why does SDM + FAM flag healthy brains under clinical acquisitions? Per case of a grid case
 table: where the pixel distance D_p is large (the brain's outer 2 voxels against deeper), the
-feature distance D_f, the scale max(D_p) / max(D_f) that eq. 3.5 applies per scan, and the
+feature distance D_f, the scale max(D_p) / max(D_f) that eq. 3.5 applies per scan (over the
+region the bundle takes its maxima in), and the
 share of the brain each map flags at its bundle's calibrated threshold: `sdm_fam` as shipped
 (the per-scan scale), the same with one fixed scale (the median over the table's healthy cases)
 and `sdm` (D_p alone). Then eq. 3.5 with its maxima taken over the whole brain
@@ -119,10 +120,11 @@ def main() -> None:
     for case, kind, p, f, b, _ in cases:
         depth = ndimage.distance_transform_edt(b)
         rim, deep = b & (depth <= RIM_VOXELS), depth > RIM_VOXELS
-        scale = p[b].max() / f[b].max()
+        region = fam.model.scale_region(b)
+        scale = p[region].max() / f[region].max()
         print(f"| {case} | {kind} | {p[b].max():.3f} | {np.quantile(p[rim], 0.99):.3f} | "
               f"{np.quantile(p[deep], 0.99):.3f} | {f[b].mean():.4f} | {scale:.2f} | "
-              f"{flagged(fam, fam_score(p, f, b, weight, fam.model.scale_region(b)), b):.1%} | "
+              f"{flagged(fam, fam_score(p, f, b, weight, region), b):.1%} | "
               f"{flagged(fam, weight * p + fixed * f, b):.1%} | "
               f"{flagged(pixel_only, p, b):.1%} |")
     compare_scale_regions(fam, cases)
