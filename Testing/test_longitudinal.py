@@ -8,7 +8,7 @@ import csv
 import json
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -457,6 +457,35 @@ def test_a_bundle_that_does_not_record_where_fam_scales_runs_as_it_was_calibrate
     for name in ("sdm_fam", "longitudinal"):
         assert load_sdm(bundle, name).settings.scale_in_eroded_brain == 0
         assert calibrated_options(manifest, name)["scale_in_eroded_brain"] == 0
+
+
+def test_longitudinal_keeps_raw_scores_when_sdm_fam_outputs_normative_maps(tmp_path):
+    """LAFM fuses SDM + FAM's raw scores: with the shared calibration set to normative maps
+    (sdm_fam's default since its map choice), sdm_fam outputs z-maps over its normative
+    threshold, and longitudinal still outputs the raw score over the raw threshold, as its
+    per-patient fusion and the longitudinal benchmark read it."""
+    pytest.importorskip("torch")
+    from conftest import tiny_sdm_bundle
+
+    from NeuroADLib.methods.base import Calibration, load_method
+    from NeuroADLib.training.data import load_split
+
+    cohort, bundle = tiny_sdm_bundle(tmp_path)
+    # the tiny cohort has too few validation scans for a leave-one-out normative threshold
+    shared = replace(Calibration.load(bundle, "calibration_sdm_fam"), normative_threshold=4.0,
+                     normative_flagged_range=[0.0, 0.01])
+    shared.with_map("normative").save(bundle, "calibration_sdm_fam")
+    validation = load_split(cohort, "validation")
+    image, brain = validation.images[0], validation.masks[0] > 0
+
+    fam, longitudinal = (load_method(name, bundle) for name in ("sdm_fam", "longitudinal"))
+    assert fam.calibration.map_kind == "normative"
+    assert fam.calibration.output_threshold == shared.normative_threshold
+    assert longitudinal.calibration.map_kind == "raw"
+    assert longitudinal.calibration.output_threshold == shared.threshold
+    raw = fam.model.predict(fam.harmonise(image, brain)[0], brain)[0]
+    np.testing.assert_array_equal(longitudinal.anomaly_map(image, brain), raw)
+    assert not np.allclose(fam.anomaly_map(image, brain), raw)
 
 
 def test_a_native_rescan_moves_head_and_lesion_together_and_repeats_with_its_seed():

@@ -308,7 +308,8 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
                 ) -> LoadedMethod:
     """Load a trained method from its bundle folder, with options (see the registry) that
     override its defaults: the registry's loader for the method builds its model, and the
-    bundle's calibration and intensity standard come with it."""
+    bundle's calibration (outputting the registry's `map_kind` where it names one) and
+    intensity standard come with it."""
     folder = Path(folder)
     if name not in METHODS:
         raise ModelError(f"Unknown method {name!r}; available: {', '.join(METHODS)}.")
@@ -321,5 +322,8 @@ def load_method(name: str, folder: str | os.PathLike, options: dict | None = Non
     standard = IntensityStandard.load(folder)
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    return LoadedMethod(name, info.contrast, model, Calibration.load(folder, info.calibration),
-                        standard, calibrated_options(manifest, name))
+    calibration = Calibration.load(folder, info.calibration)
+    if info.map_kind is not None:
+        calibration = calibration.with_map(info.map_kind)
+    return LoadedMethod(name, info.contrast, model, calibration, standard,
+                        calibrated_options(manifest, name))

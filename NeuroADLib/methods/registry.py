@@ -77,9 +77,10 @@ class MethodInfo:
     builds its model from a bundle folder ("package.module:function", called as
     `function(folder, name, options)`; see `methods.base.load_method`), the `covariates` it
     conditions on (`Subject` field names), its `options` with their defaults and specs, the
-    stem of its `calibration` files in the bundle, and the options added since bundles of it
+    stem of its `calibration` files in the bundle, the options added since bundles of it
     were first written (`unrecorded`), with the value a bundle that does not record them ran
-    and was calibrated at."""
+    and was calibrated at, and the map it always outputs (`map_kind`; None: the one its
+    calibration chose), for a method that shares another's calibration but not its map."""
 
     name: str
     description: str
@@ -91,6 +92,7 @@ class MethodInfo:
     option_specs: dict = field(default_factory=dict)
     calibration: str = "calibration"
     unrecorded: dict = field(default_factory=dict)
+    map_kind: str | None = None
 
 
 # MAD-AD's inference knobs and the paper's defaults (MADADSettings mirrors them; a test keeps
@@ -292,7 +294,9 @@ METHODS = {
                                options=LONGITUDINAL_OPTIONS,
                                option_specs=LONGITUDINAL_OPTION_SPECS,
                                calibration="calibration_sdm_fam",
-                               unrecorded=SDM_FAM_UNRECORDED),
+                               unrecorded=SDM_FAM_UNRECORDED,
+                               # LAFM fuses SDM + FAM's raw scores, whichever map sdm_fam outputs
+                               map_kind="raw"),
 }
 
 
