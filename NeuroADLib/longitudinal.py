@@ -54,6 +54,10 @@ YEN_RULE = ("Yen's threshold of the patient's min-max normalised scores over all
             "intersected with Yen's threshold of the pixel distance inside that mask (the "
             "longitudinal report, eq. 3.9); no labels. `value` is the score threshold on the "
             "map's scale (the map above it is the mask before the pixel-distance condition)")
+# The healthy statistics behind the abnormality index are of single-visit SDM + FAM maps; a
+# LAFM-fused map damps what the other visits do not share, so its index would read below
+# every healthy subject's.
+INDEX_OVER = "this visit's SDM + FAM map before LAFM (the healthy statistics' footing)"
 
 
 @dataclass
@@ -298,7 +302,9 @@ def run_visits(
                                           else list(transforms[k].GetParameters())),
                     "calibrated_mask_voxels": int(
                         (fused.anomaly[k] > threshold).sum()),
-                    "image_scores": image_scores(fused.anomaly[k], scan.brain)}})
+                    "image_scores": image_scores(fused.anomaly[k], scan.brain),
+                    "abnormality_index_over": INDEX_OVER}},
+                index_map=model.postprocess(run.scores.fam, scan.brain))
             timings = {"load_models": load_s, "preprocess": scan.preprocess_s,
                        "align_visits": align_s, "method": run.seconds,
                        **({"impute_visits": impute_s} if imputed else {})}

@@ -188,7 +188,9 @@ def write_consensus(masks: dict[str, sitk.Image], native: sitk.Image, folder: Pa
 class MethodOutput:
     """What one method made of one scan, on the grid, ready to be written: its map, its
     pseudo-healthy image, its segmentation with the report of the threshold that made it, what
-    the harmonisation did, where it ran, and method-specific report fields."""
+    the harmonisation did, where it ran, method-specific report fields, and the map the
+    abnormality index is taken over where it is not `anomaly` (None: `anomaly`), for a map
+    that is not on the footing of the calibration's healthy statistics."""
 
     anomaly: np.ndarray
     healthy: np.ndarray
@@ -197,6 +199,7 @@ class MethodOutput:
     harmonisation: dict
     device: str
     extra: dict = field(default_factory=dict)
+    index_map: np.ndarray | None = None
 
 
 def predict_on_device(method: LoadedMethod, predict, progress: Progress,
@@ -245,7 +248,8 @@ def write_method_outputs(method: LoadedMethod, bundle, case, native: sitk.Image,
     progress.step(f"{method.name}: back to the scan")
     start = time.perf_counter()
     anomaly, healthy, segmentation = output.anomaly, output.healthy, output.segmentation
-    index = abnormality_index(method.calibration.index_zmap(anomaly), brain,
+    index_map = anomaly if output.index_map is None else output.index_map
+    index = abnormality_index(method.calibration.index_zmap(index_map), brain,
                               method.calibration.reference.top_fraction)
     native_map = grid_to_native(_on_grid(anomaly, case.image), case.template_to_native, native)
     native_mask = grid_to_native(_on_grid(segmentation.astype(np.uint8), case.image),

@@ -306,6 +306,19 @@ def test_longitudinal_run_writes_every_visit_on_its_own_geometry(tmp_path):
                                       for k in (1, 2))
     assert _visit_alignment_error_mm(first_report, follow_up_report, motion) < 1.0
 
+    # The abnormality index is over the visit's own SDM + FAM map, which LAFM leaves alone: the
+    # first visit's index is that of the same scan run as a single visit, its fused map not.
+    alone = neuroad("run", str(scan), "--age", "38.8", "--sex", "M", "--method", "longitudinal",
+                    "--out", str(tmp_path / "alone"), "--threads", "2",
+                    env={"NEUROAD_MODELS": str(store)})
+    assert alone.returncode == 0, alone.stderr
+    single = json.loads((tmp_path / "alone" / "visit1" / "report.json").read_text())
+    assert single["longitudinal"]["lafm"]["applied"] is False
+    assert first_report["abnormality_index"] == pytest.approx(single["abnormality_index"],
+                                                              rel=1e-6)
+    assert (first_report["longitudinal"]["image_scores"]
+            != single["longitudinal"]["image_scores"])
+
     # The same patient from a batch table: a subject column groups the rows into visits.
     table = tmp_path / "cases.csv"
     table.write_text(f"path,age,sex,subject\n{scan},38.8,M,P1\n{second},40.1,M,P1\n")
