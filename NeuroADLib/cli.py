@@ -108,6 +108,29 @@ def EMA_DECAY(text: str) -> float:
     return value
 
 
+def RATIO(text: str) -> float:
+    """An argparse type: a share in (0, 1], else a usage error saying so."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share in (0, 1] (e.g. 0.4)")
+    return value
+
+
+def WIDTHS(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive channel widths, e.g. 64,128,128."""
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of channel widths (e.g. "
+                                         "64,128,128)")
+    return widths
+
+
 def _threads(value: int | None) -> None:
     """ITK's thread count (all cores by default), and torch's when one is given."""
     import SimpleITK as sitk
@@ -249,6 +272,19 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
                                                          steps=args.autoencoder_steps))
     if args.acquisition_copies is not None:
         training = replace(training, acquisition_copies=args.acquisition_copies)
+    if args.mask_ratio_max is not None:
+        training = replace(training, diffusion=replace(training.diffusion,
+                                                       mask_ratio_max=args.mask_ratio_max))
+    if args.unet_channels:
+        try:
+            training = replace(training, denoiser_channels=args.unet_channels)
+        except ValueError as error:
+            raise UsageError(f"--unet-channels: {error}.") from None
+    if args.autoencoder:
+        if args.autoencoder_steps:
+            raise UsageError("neuroad train mad_ad takes --autoencoder (reuse a trained one) "
+                             "or --autoencoder-steps (train one), not both.")
+        training = replace(training, autoencoder_from=args.autoencoder)
     train_mad_ad(args.cohort, args.out, training, device)
 
 
@@ -755,7 +791,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU step; default: fresh)")
     p.add_argument("--autoencoder-steps", type=COUNT,
                    help="mad_ad: training steps of its slice autoencoder")
-    p.add_argument("--autoencoder", help="trained autoencoder folder")
+    p.add_argument("--autoencoder", help="transformer / cadd / cond_ldm: trained autoencoder "
+                   "folder; mad_ad: a trained slice autoencoder (a MAD-AD bundle's "
+                   "autoencoder/ folder) used frozen instead of training one")
+    p.add_argument("--mask-ratio-max", type=RATIO, metavar="R",
+                   help="mad_ad: training masks cover a share ~ U[0, R] of the latent patches "
+                        "(default 0.4, the paper's)")
+    p.add_argument("--unet-channels", type=WIDTHS, metavar="C1,C2,...",
+                   help="mad_ad: the masked UNet's channel widths, one per level (default: "
+                        "those of --config; 32,64,64 for default)")
     p.add_argument("--transformer", help="trained transformer folder")
     p.add_argument("--variants", help="cadd: comma-separated variants to calibrate (default: "
                                       "cadd,cadd_nocov,cadd_noinpaint,ldm,ldm_tavg)")

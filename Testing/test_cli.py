@@ -141,3 +141,20 @@ def test_evaluate_names_the_folder_a_method_is_missing_from(tmp_path):
     assert result.returncode == EXIT_MODEL, result.stderr
     assert f"{models / 'zscore'}" in result.stderr and "one folder per method" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_mad_ad_takes_a_reused_autoencoder_or_autoencoder_steps_not_both(tmp_path):
+    from NeuroADLib.errors import EXIT_USAGE
+
+    out = tmp_path / "model"
+    result = neuroad("train", "mad_ad", "--cohort", str(tmp_path), "--out", str(out),
+                     "--autoencoder", str(tmp_path), "--autoencoder-steps", "10")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "not both" in result.stderr and not out.exists()
+    result = neuroad("train", "mad_ad", "--cohort", str(tmp_path), "--out", str(out),
+                     "--unet-channels", "32,64")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "3 levels" in result.stderr and not out.exists()
+    result = neuroad("train", "mad_ad", "--cohort", str(tmp_path), "--out", str(out),
+                     "--mask-ratio-max", "1.5")
+    assert result.returncode == EXIT_USAGE and not out.exists()

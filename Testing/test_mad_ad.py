@@ -140,3 +140,58 @@ def test_resumed_training_equals_uninterrupted(tiny_bundle, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(
         load_file(str(whole / "denoiser/masked_unet.safetensors")).values(),
         load_file(str(direct / "denoiser/masked_unet.safetensors")).values(), strict=True))
+
+
+def test_a_reused_autoencoder_is_shipped_as_it_is_and_recorded(tiny_bundle, tmp_path):
+    """`autoencoder_from`: the UNet trains on the given first stage's latents, which the new
+    bundle carries byte for byte, with where it came from; `denoiser_channels` sizes the UNet."""
+    import json
+
+    from NeuroADLib.hashing import sha256
+
+    cohort, whole = tiny_bundle
+    source = whole / "autoencoder"
+    training = replace(TINY, autoencoder_from=str(source), denoiser_channels=(16, 24),
+                       diffusion=replace(TINY.diffusion, mask_ratio_max=0.8))
+    bundle = train_mad_ad(cohort, tmp_path / "reused", training, log=_quiet)
+    weights = "autoencoder.safetensors"
+    assert sha256(bundle / "autoencoder" / weights) == sha256(source / weights)
+    assert not (bundle / "autoencoder" / "checkpoint").exists()  # nothing trained there
+    manifest = json.loads((bundle / "autoencoder" / "manifest.json").read_text())
+    assert manifest["reused_from"]["sha256"] == sha256(source / weights)
+    denoiser = json.loads((bundle / "denoiser" / "manifest.json").read_text())
+    assert denoiser["config"]["channels"] == [16, 24]
+    assert denoiser["training"]["mask_ratio_max"] == 0.8
+    assert load_mad_ad(bundle).denoiser.config.channels == (16, 24)
+
+
+def test_an_autoencoder_that_cannot_be_reused_is_refused_before_anything_is_written(
+        tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    from NeuroADLib.errors import UsageError
+
+    cohort, whole = tiny_bundle
+    tampered = tmp_path / "tampered"
+    shutil.copytree(whole / "autoencoder", tampered)
+    with (tampered / "autoencoder.safetensors").open("r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    volumetric = tmp_path / "volumetric"
+    shutil.copytree(whole / "autoencoder", volumetric)
+    manifest = json.loads((volumetric / "manifest.json").read_text())
+    (volumetric / "manifest.json").write_text(json.dumps({**manifest, "method": "autoencoder"}))
+    for folder, message in ((tampered, "sha256"), (volumetric, "slice autoencoder"),
+                            (tmp_path / "absent", "no trained autoencoder")):
+        out = tmp_path / f"from_{folder.name}"
+        with pytest.raises(UsageError, match=message):
+            train_mad_ad(cohort, out, replace(TINY, autoencoder_from=str(folder)), log=_quiet)
+        assert not out.exists()
+
+
+def test_denoiser_widths_must_name_every_level():
+    with pytest.raises(ValueError, match="2 levels"):
+        replace(TINY, denoiser_channels=(16, 24, 32))

@@ -4,7 +4,8 @@
    copies (the scanner-robustness path every bundle shares);
 2. a 2D KL autoencoder on their axial brain slices (L1 + KL + patch-adversarial; the paper's
    VAE is 8x with a perceptual term, here 4x because the 2 mm slices are 112 x 96, and no
-   perceptual term: its backbone weights are not available offline);
+   perceptual term: its backbone weights are not available offline), or a trained one reused
+   as it is (`autoencoder_from`), so that UNet settings compare on the same latents;
 3. the masked-diffusion UNet on the frozen autoencoder's latents (section 3.1): random masks
    over latent patches (ratio ~ U[0, 0.4], patch sides from {1, 2, 4, 8}, brain only), only
    masked positions noised (eq. 2), loss ||z0 - f_z0||^2 + lambda BCE(M, f_M) (eq. 5);
@@ -18,14 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..diffusion.process import DiffusionProcess
+from ..errors import UsageError
 from ..evaluation.metrics import mae_psnr_ssim
+from ..hashing import sha256
 from ..methods.mad_ad import (
     AUTOENCODER_FOLDER,
     DENOISER_FOLDER,
@@ -34,8 +37,13 @@ from ..methods.mad_ad import (
     load_mad_ad,
     mad_ad_diffusion,
 )
-from ..networks.autoencoder import AutoencoderConfig, build_autoencoder, build_discriminator
-from ..networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet
+from ..networks.autoencoder import (
+    AutoencoderConfig,
+    build_autoencoder,
+    build_discriminator,
+    load_autoencoder,
+)
+from ..networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet, MaskedUNetConfig
 from ..slices import brain_slices
 from .data import CohortSplit
 from .loop import LoopSettings, run_training
@@ -91,6 +99,23 @@ class MADADTraining:
     checkpoint_every: int = 250
     log_every: int = 50
     seed: int = 0
+    # A trained slice autoencoder (a MAD-AD bundle's autoencoder/ folder) used frozen instead
+    # of training one. None: train it.
+    autoencoder_from: str | None = None
+    # The masked UNet's channel widths. None: those of the named `config`.
+    denoiser_channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        levels = len(MASKED_UNET_CONFIGS[self.config].channels)
+        if self.denoiser_channels is not None and len(self.denoiser_channels) != levels:
+            raise ValueError(f"denoiser_channels {self.denoiser_channels}: the {self.config} "
+                             f"UNet has {levels} levels, so give {levels} widths")
+
+    def denoiser_config(self) -> MaskedUNetConfig:
+        config = MASKED_UNET_CONFIGS[self.config]
+        if self.denoiser_channels is None:
+            return config
+        return replace(config, channels=tuple(self.denoiser_channels))
 
 
 def random_patch_mask(brain: torch.Tensor, rng: np.random.Generator, ratio_max: float,
@@ -186,9 +211,8 @@ def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Pat
                            training: MADADTraining, device: str, log=print) -> MaskedUNet:
     settings = training.diffusion
     process = DiffusionProcess(mad_ad_diffusion())
-    config = MASKED_UNET_CONFIGS[training.config]
     torch.manual_seed(training.seed)
-    denoiser = MaskedUNet(config).to(device)
+    denoiser = MaskedUNet(training.denoiser_config()).to(device)
     optimiser = torch.optim.AdamW(denoiser.parameters(), lr=settings.learning_rate)
 
     def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
@@ -218,21 +242,31 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     training = training or MADADTraining()
     cohort, out = Path(cohort_dir), Path(out)
+    reused = reused_autoencoder(training.autoencoder_from) if training.autoencoder_from else None
     record = TrainingLog(log)
     data = prepare_slices(cohort, training.acquisition_copies, training.seed, record)
     slices, validation = data.slices, data.validation
 
     ae_folder = out / AUTOENCODER_FOLDER
-    ae_config = SLICE_AUTOENCODER_CONFIGS[training.config]
-    autoencoder = train_slice_autoencoder(slices, ae_folder, ae_config, training, device,
-                                          record)
+    if reused is None:
+        ae_config = SLICE_AUTOENCODER_CONFIGS[training.config]
+        autoencoder = train_slice_autoencoder(slices, ae_folder, ae_config, training, device,
+                                              record)
+        provenance = {"id": f"mad-ad-autoencoder-{training.config}-ixi-2mm",
+                      "training": asdict(training.autoencoder)}
+    else:
+        autoencoder, ae_config, source = reused
+        autoencoder = autoencoder.to(device)
+        ae_folder.mkdir(parents=True, exist_ok=True)
+        provenance = {"id": source["id"], "training": source["training"], "reused_from": source}
+        record(f"autoencoder: reused from {training.autoencoder_from} (sha256 "
+               f"{source['sha256'][:12]}), frozen")
     quality = slice_reconstruction_quality(autoencoder, validation, device)
     record(f"autoencoder: healthy validation reconstruction inside the brain {quality}")
     save_file(half_precision(autoencoder.state_dict()), str(ae_folder /
                                                             "autoencoder.safetensors"))
-    write_manifest(ae_folder, id=f"mad-ad-autoencoder-{training.config}-ixi-2mm",
-                   method="autoencoder-2d", config=ae_config.to_dict(),
-                   training=asdict(training.autoencoder), weights="float16",
+    write_manifest(ae_folder, **provenance, method="autoencoder-2d",
+                   config=ae_config.to_dict(), weights="float16",
                    perceptual_loss="not used (no backbone weights offline)",
                    metrics={"validation_reconstruction": quality})
 
@@ -263,6 +297,29 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
         validated=validated, record=record,
         metrics={"autoencoder_validation_reconstruction": quality})
     return out
+
+
+def reused_autoencoder(folder: str) -> tuple[torch.nn.Module, AutoencoderConfig, dict]:
+    """The trained slice autoencoder in `folder`, its architecture and what a bundle built on
+    it records of it (id, sha256, training record), refused unless it is a 2D autoencoder
+    whose weights match the sha256 its manifest lists."""
+    folder = Path(folder)
+    weights = folder / "autoencoder.safetensors"
+    if not (folder / "manifest.json").is_file() or not weights.is_file():
+        raise UsageError(f"{folder} holds no trained autoencoder (manifest.json and "
+                         "autoencoder.safetensors); give a MAD-AD bundle's autoencoder/ folder.")
+    autoencoder, manifest = load_autoencoder(folder)
+    if manifest.get("method") != "autoencoder-2d":
+        raise UsageError(f"{folder} holds a {manifest.get('method')!r} first stage; MAD-AD "
+                         "needs a slice autoencoder (a MAD-AD bundle's autoencoder/ folder).")
+    digest = sha256(weights)
+    if digest != manifest.get("files", {}).get(weights.name, {}).get("sha256"):
+        raise UsageError(f"{weights} does not match the sha256 its manifest records; "
+                         "re-fetch or retrain it.")
+    record = {"folder": str(folder), "id": manifest.get("id"), "sha256": digest,
+              "training": manifest.get("training"),
+              "training_command": manifest.get("training_command")}
+    return autoencoder, AutoencoderConfig.from_dict(manifest["config"]), record
 
 
 @torch.no_grad()
