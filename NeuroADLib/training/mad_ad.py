@@ -308,7 +308,7 @@ def reused_autoencoder(folder: str) -> tuple[torch.nn.Module, AutoencoderConfig,
     if not (folder / "manifest.json").is_file() or not weights.is_file():
         raise UsageError(f"{folder} holds no trained autoencoder (manifest.json and "
                          "autoencoder.safetensors); give a MAD-AD bundle's autoencoder/ folder.")
-    autoencoder, manifest = load_autoencoder(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
     if manifest.get("method") != "autoencoder-2d":
         raise UsageError(f"{folder} holds a {manifest.get('method')!r} first stage; MAD-AD "
                          "needs a slice autoencoder (a MAD-AD bundle's autoencoder/ folder).")
@@ -316,6 +316,7 @@ def reused_autoencoder(folder: str) -> tuple[torch.nn.Module, AutoencoderConfig,
     if digest != manifest.get("files", {}).get(weights.name, {}).get("sha256"):
         raise UsageError(f"{weights} does not match the sha256 its manifest records; "
                          "re-fetch or retrain it.")
+    autoencoder, _ = load_autoencoder(folder)  # only weights that match their manifest
     record = {"folder": str(folder), "id": manifest.get("id"), "sha256": digest,
               "training": manifest.get("training"),
               "training_command": manifest.get("training_command")}
