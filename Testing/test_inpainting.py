@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 from NeuroADLib.diffusion import GaussianDiffusion  # noqa: E402
 from NeuroADLib.diffusion.inpainting import (  # noqa: E402
     InpaintingSettings,
+    blended_latent,
     denoise_chains,
     inpainting_masks,
     kl_guided_inpainting,
@@ -72,6 +73,17 @@ def test_only_the_anomalous_region_is_inpainted():
     outside[:2, :2, :2] = False
     assert torch.equal(result["latent"][0][:, outside], z0[0][:, outside])  # healthy kept
     assert not torch.equal(result["latent"], z0)
+
+
+def test_the_blend_is_the_mean_over_levels_of_masked_chain_ends():
+    # Algorithm 1, lines 120-122, by hand: a position masked at one level of two moves half
+    # way to that chain's end; one masked at both is their mean; one masked at none is z0.
+    z0 = torch.zeros(1, 1, 1, 1, 3)
+    ends = torch.tensor([2.0, 4.0]).reshape(2, 1, 1, 1, 1).expand(2, 1, 1, 1, 3)
+    masks = torch.tensor([[True, True, False], [False, True, False]]).reshape(2, 1, 1, 3)
+    blended = blended_latent(z0, ends, masks)
+    assert blended.shape == (1, 1, 1, 1, 3)
+    assert torch.allclose(blended.flatten(), torch.tensor([1.0, 3.0, 0.0]))
 
 
 def test_batched_chains_equal_separate_chains():

@@ -132,9 +132,15 @@ def kl_guided_inpainting(diffusion: GaussianDiffusion, model: Denoiser, z0: torc
     zu, _ = noised_latents(diffusion, z0, levels, settings.seed)
     denoised = denoise_chains(diffusion, model, zu, levels, settings.respacing, settings.seed,
                               on_step)
+    return {"latent": blended_latent(z0, denoised, masks), "masks": masks, "kl": kl}
+
+
+def blended_latent(z0: torch.Tensor, denoised: torch.Tensor, masks: torch.Tensor
+                   ) -> torch.Tensor:
+    """Algorithm 1, lines 120-122: z^_0 = mean over U of m_U * z_0^U + (1 - m_U) * z_0, for
+    the chains' ends `denoised` (levels, C, D, H, W) and their masks (levels, D, H, W)."""
     keep = masks[:, None].float()
-    blended = keep * denoised + (1 - keep) * z0
-    return {"latent": blended.mean(dim=0, keepdim=True), "masks": masks, "kl": kl}
+    return (keep * denoised + (1 - keep) * z0).mean(dim=0, keepdim=True)
 
 
 def reconstruct(diffusion: GaussianDiffusion, model: Denoiser, z0: torch.Tensor,
