@@ -13,11 +13,18 @@ for each case of a grid case table, the unfiltered maps that tell the steps apar
   chains that inpainted it (z_0 where none did), so that a position masked at one level of
   ten is replaced, not moved a tenth of the way;
 - `kl_max_LO_HI`: no chain at all: KL_U over the cohort's P95 at U (the ratio Algorithm 1
-  thresholds), the maximum over levels LO..HI, upsampled trilinearly to the grid.
+  thresholds), the maximum over levels LO..HI, upsampled trilinearly to the grid;
+- `kl_acqQ_LO_HI` (with `--acquisition-cohort`): the same ratio over an acquisition-aware
+  percentile, the larger of the cohort's P95 and the Q-th percentile of KL_U over N training
+  scans each under one random acquisition (`augment_acquisition`, seeds 900000 + k, which no
+  trainer and no benchmark uses), so that what a scanner does to the KL is in the denominator.
+  The table is written to `--acquisition-table` and read from there on later calls.
 
     python benchmarks/cadd_inpainting_maps.py --bundle NeuroADLib/models/bundled/cadd-ixi-2mm \
         --cases BENCH/synthetic/cases.csv --out results/cadd_inpainting/synthetic \
-        [--kl-levels 50:500 --kl-levels 250:750] [--kl-only] [--threads 2]
+        [--kl-levels 50:500 --kl-levels 250:750] [--kl-only] [--threads 2] \
+        [--acquisition-cohort COHORT --acquisition-scans 50 --acquisition-quantile 95 \
+         --acquisition-quantile 99 --acquisition-table results/cadd_inpainting/acq.npz]
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ from NeuroADLib.diffusion.inpainting import (
 from NeuroADLib.evaluation.harness import CaseVolumes
 from NeuroADLib.methods.base import load_method
 from NeuroADLib.subject import Subject
+from NeuroADLib.synthesis.acquisition import augment_acquisition
+from NeuroADLib.training.data import load_split
+
+ACQUISITION_SEED = 900_000  # far from the trainers' seeds (0 + ...) and the benchmarks' (1e6 + ...)
 
 
 def masked_mean(z0: torch.Tensor, denoised: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -55,6 +66,40 @@ def upsampled(latent: torch.Tensor, brain: np.ndarray) -> np.ndarray:
     return grid.numpy() * brain
 
 
+def acquisition_percentiles(loaded, kl_model, cohort: str, scans: int,
+                            quantiles: list[float]) -> dict[float, torch.Tensor]:
+    """Per quantile q, the q-th percentile of KL_U (at the levels of `kl_model`, covariates
+    in) over `scans` training scans, each under one random acquisition."""
+    split = load_split(cohort, "train")
+    picks = np.random.default_rng(0).choice(len(split.images), scans, replace=False)
+    kls = []
+    for k, i in enumerate(picks):
+        brain = split.masks[i] > 0
+        acquired, _ = augment_acquisition(split.images[i], brain, ACQUISITION_SEED + k)
+        harmonised, _, _ = loaded.harmonise(acquired, brain)
+        subject = Subject(split.ages[i], split.sexes[i])
+        with torch.no_grad():
+            kls.append(kl_maps(kl_model.diffusion, kl_model.denoiser(subject),
+                               kl_model.encode(harmonised), kl_model.settings))
+        print(f"acquisition percentiles: scan {k + 1} of {scans}", flush=True)
+    stacked = torch.stack(kls).float()
+    return {q: torch.quantile(stacked, q / 100.0, dim=0) for q in quantiles}
+
+
+def cached_acquisition_percentiles(table: Path, loaded, kl_model, cohort: str, scans: int,
+                                   quantiles: list[float]) -> dict[float, torch.Tensor]:
+    """`acquisition_percentiles`, read from `table` when it holds these scans and quantiles."""
+    names = {q: f"q{q:g}" for q in quantiles}
+    if table.is_file():
+        with np.load(table, allow_pickle=False) as stored:
+            if int(stored["scans"]) == scans and all(n in stored for n in names.values()):
+                return {q: torch.from_numpy(stored[n]) for q, n in names.items()}
+    computed = acquisition_percentiles(loaded, kl_model, cohort, scans, quantiles)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(table, scans=scans, **{names[q]: v.numpy() for q, v in computed.items()})
+    return computed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True)
@@ -65,6 +110,13 @@ def main() -> None:
                              "(repeat; default 50:500 and 250:750)")
     parser.add_argument("--kl-only", action="store_true", help="skip the chains")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--acquisition-cohort", help="cohort whose training scans, each under "
+                        "a random acquisition, give the kl_acq maps' percentiles")
+    parser.add_argument("--acquisition-scans", type=int, default=50)
+    parser.add_argument("--acquisition-quantile", type=float, action="append", default=None,
+                        help="percentile of the acquired scans' KL (repeat; default 95 and 99)")
+    parser.add_argument("--acquisition-table", help="npz file the acquisition percentiles are "
+                        "written to and read from (default OUT/acquisition_percentiles.npz)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spans = [tuple(int(v) for v in span.split(":"))
@@ -75,6 +127,19 @@ def main() -> None:
     kl_model = load_method("cadd", args.bundle, {"t_int": deepest}).model
     volumes, out = CaseVolumes(args.cases), Path(args.out)
     names = [f"kl_max_{lo}_{hi}" for lo, hi in spans]
+    cohort_p95 = kl_model.cohort_percentiles_at_levels()
+    denominators = {name: cohort_p95 for name in names}
+    if args.acquisition_cohort:
+        quantiles = args.acquisition_quantile or [95.0, 99.0]
+        table = Path(args.acquisition_table or out / "acquisition_percentiles.npz")
+        acquired = cached_acquisition_percentiles(table, loaded, kl_model,
+                                                  args.acquisition_cohort,
+                                                  args.acquisition_scans, quantiles)
+        for q, percentile in acquired.items():
+            for lo, hi in spans:
+                denominators[f"kl_acq{q:g}_{lo}_{hi}"] = torch.maximum(cohort_p95, percentile)
+    kl_names = list(denominators)
+    names = list(kl_names)
     if not args.kl_only:
         names += ["cadd", "cadd_masked_mean"]
     for name in names:
@@ -89,12 +154,12 @@ def main() -> None:
         maps = {}
         with torch.no_grad():
             z0 = model.encode(harmonised)
-            ratio = (kl_maps(kl_model.diffusion, kl_model.denoiser(subject), z0,
-                             kl_model.settings) / kl_model.cohort_percentiles_at_levels())
+            kl = kl_maps(kl_model.diffusion, kl_model.denoiser(subject), z0, kl_model.settings)
             levels = kl_model.settings.levels
-            for (lo, hi), name in zip(spans, names, strict=False):
+            for name in kl_names:
+                lo, hi = (int(v) for v in name.rsplit("_", 2)[1:])
                 rows = [i for i, level in enumerate(levels) if lo <= level <= hi]
-                maps[name] = upsampled(ratio[rows].amax(0), brain)
+                maps[name] = upsampled((kl / denominators[name])[rows].amax(0), brain)
             if not args.kl_only:
                 settings, denoiser = model.settings, model.denoiser(subject)
                 kl = kl_maps(model.diffusion, denoiser, z0, settings)
