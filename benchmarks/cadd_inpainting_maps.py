@@ -66,6 +66,16 @@ def upsampled(latent: torch.Tensor, brain: np.ndarray) -> np.ndarray:
     return grid.numpy() * brain
 
 
+def scan_kl(loaded, kl_model, image: np.ndarray, brain: np.ndarray,
+            subject: Subject) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scan's latent z0 and its KL_U at the levels of `kl_model` (covariates in)."""
+    harmonised, _, _ = loaded.harmonise(image, brain)
+    with torch.no_grad():
+        z0 = kl_model.encode(harmonised)
+        return z0, kl_maps(kl_model.diffusion, kl_model.denoiser(subject), z0,
+                           kl_model.settings)
+
+
 def acquisition_percentiles(loaded, kl_model, cohort: str, scans: int,
                             quantiles: list[float]) -> dict[float, torch.Tensor]:
     """Per quantile q, the q-th percentile of KL_U (at the levels of `kl_model`, covariates
@@ -76,11 +86,8 @@ def acquisition_percentiles(loaded, kl_model, cohort: str, scans: int,
     for k, i in enumerate(picks):
         brain = split.masks[i] > 0
         acquired, _ = augment_acquisition(split.images[i], brain, ACQUISITION_SEED + k)
-        harmonised, _, _ = loaded.harmonise(acquired, brain)
-        subject = Subject(split.ages[i], split.sexes[i])
-        with torch.no_grad():
-            kls.append(kl_maps(kl_model.diffusion, kl_model.denoiser(subject),
-                               kl_model.encode(harmonised), kl_model.settings))
+        kls.append(scan_kl(loaded, kl_model, acquired, brain,
+                           Subject(split.ages[i], split.sexes[i]))[1])
         print(f"acquisition percentiles: scan {k + 1} of {scans}", flush=True)
     stacked = torch.stack(kls).float()
     return {q: torch.quantile(stacked, q / 100.0, dim=0) for q in quantiles}
@@ -88,15 +95,20 @@ def acquisition_percentiles(loaded, kl_model, cohort: str, scans: int,
 
 def cached_acquisition_percentiles(table: Path, loaded, kl_model, cohort: str, scans: int,
                                    quantiles: list[float]) -> dict[float, torch.Tensor]:
-    """`acquisition_percentiles`, read from `table` when it holds these scans and quantiles."""
+    """`acquisition_percentiles`, read from `table` when it holds these scans, levels and
+    quantiles."""
     names = {q: f"q{q:g}" for q in quantiles}
+    levels = np.asarray(kl_model.settings.levels)
     if table.is_file():
         with np.load(table, allow_pickle=False) as stored:
-            if int(stored["scans"]) == scans and all(n in stored for n in names.values()):
+            if (int(stored["scans"]) == scans and "levels" in stored
+                    and np.array_equal(stored["levels"], levels)
+                    and all(n in stored for n in names.values())):
                 return {q: torch.from_numpy(stored[n]) for q, n in names.items()}
     computed = acquisition_percentiles(loaded, kl_model, cohort, scans, quantiles)
     table.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(table, scans=scans, **{names[q]: v.numpy() for q, v in computed.items()})
+    np.savez(table, scans=scans, levels=levels,
+             **{names[q]: v.numpy() for q, v in computed.items()})
     return computed
 
 
@@ -126,9 +138,8 @@ def main() -> None:
     deepest = max(hi for _, hi in spans)
     kl_model = load_method("cadd", args.bundle, {"t_int": deepest}).model
     volumes, out = CaseVolumes(args.cases), Path(args.out)
-    names = [f"kl_max_{lo}_{hi}" for lo, hi in spans]
-    cohort_p95 = kl_model.cohort_percentiles_at_levels()
-    denominators = {name: cohort_p95 for name in names}
+    # Each kl map: its name -> (the rows of the levels LO..HI, the ratio's denominator).
+    denominators = {"max": kl_model.cohort_percentiles_at_levels()}
     if args.acquisition_cohort:
         quantiles = args.acquisition_quantile or [95.0, 99.0]
         table = Path(args.acquisition_table or out / "acquisition_percentiles.npz")
@@ -136,10 +147,12 @@ def main() -> None:
                                                   args.acquisition_cohort,
                                                   args.acquisition_scans, quantiles)
         for q, percentile in acquired.items():
-            for lo, hi in spans:
-                denominators[f"kl_acq{q:g}_{lo}_{hi}"] = torch.maximum(cohort_p95, percentile)
-    kl_names = list(denominators)
-    names = list(kl_names)
+            denominators[f"acq{q:g}"] = torch.maximum(denominators["max"], percentile)
+    levels = kl_model.settings.levels
+    kl_reads = {f"kl_{kind}_{lo}_{hi}": ([i for i, level in enumerate(levels)
+                                          if lo <= level <= hi], denominator)
+                for kind, denominator in denominators.items() for lo, hi in spans}
+    names = list(kl_reads)
     if not args.kl_only:
         names += ["cadd", "cadd_masked_mean"]
     for name in names:
@@ -149,21 +162,15 @@ def main() -> None:
             continue
         start = time.time()
         brain = volumes.read(case, "brain_mask") > 0
-        harmonised, _, _ = loaded.harmonise(volumes.read(case, "image"), brain)
         subject = Subject(float(case["age"]) if case["age"] else None, case["sex"] or None)
-        maps = {}
-        with torch.no_grad():
-            z0 = model.encode(harmonised)
-            kl = kl_maps(kl_model.diffusion, kl_model.denoiser(subject), z0, kl_model.settings)
-            levels = kl_model.settings.levels
-            for name in kl_names:
-                lo, hi = (int(v) for v in name.rsplit("_", 2)[1:])
-                rows = [i for i, level in enumerate(levels) if lo <= level <= hi]
-                maps[name] = upsampled((kl / denominators[name])[rows].amax(0), brain)
-            if not args.kl_only:
+        z0, kl = scan_kl(loaded, kl_model, volumes.read(case, "image"), brain, subject)
+        maps = {name: upsampled((kl[rows] / denominator[rows]).amax(0), brain)
+                for name, (rows, denominator) in kl_reads.items()}
+        if not args.kl_only:
+            with torch.no_grad():
                 settings, denoiser = model.settings, model.denoiser(subject)
-                kl = kl_maps(model.diffusion, denoiser, z0, settings)
-                masks = inpainting_masks(kl, model.cohort_percentiles_at_levels(),
+                chain_kl = kl_maps(model.diffusion, denoiser, z0, settings)
+                masks = inpainting_masks(chain_kl, model.cohort_percentiles_at_levels(),
                                          settings.percentile)
                 zu, _ = noised_latents(model.diffusion, z0, settings.levels, settings.seed)
                 denoised = denoise_chains(model.diffusion, denoiser, zu, settings.levels,
