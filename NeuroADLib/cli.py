@@ -275,6 +275,9 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
     if args.mask_ratio_max is not None:
         training = replace(training, diffusion=replace(training.diffusion,
                                                        mask_ratio_max=args.mask_ratio_max))
+    if args.foreign_fill is not None:
+        training = replace(training, diffusion=replace(training.diffusion,
+                                                       foreign_fill=args.foreign_fill))
     if args.unet_channels:
         try:
             training = replace(training, denoiser_channels=args.unet_channels)
@@ -797,6 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio-max", type=RATIO, metavar="R",
                    help="mad_ad: training masks cover a share ~ U[0, R] of the latent patches "
                         "(default 0.4, the paper's)")
+    p.add_argument("--foreign-fill", type=RATIO, metavar="P",
+                   help="mad_ad: a share P of training samples start their masked positions "
+                        "from another slice's latent there instead of their own, so that the "
+                        "mask head learns to find content that does not belong (default 0, "
+                        "the paper's: noise alone)")
     p.add_argument("--unet-channels", type=WIDTHS, metavar="C1,C2,...",
                    help="mad_ad: the masked UNet's channel widths, one per level (default: "
                         "those of --config; 32,64,64 for default)")

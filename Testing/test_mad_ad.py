@@ -12,7 +12,12 @@ from safetensors.torch import load_file
 from NeuroADLib.diffusion.process import DiffusionProcess
 from NeuroADLib.methods.mad_ad import MADADModel, MADADSettings, load_mad_ad, mad_ad_diffusion
 from NeuroADLib.networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet
-from NeuroADLib.training.mad_ad import masked_diffusion_loss, random_patch_mask, train_mad_ad
+from NeuroADLib.training.mad_ad import (
+    foreign_start,
+    masked_diffusion_loss,
+    random_patch_mask,
+    train_mad_ad,
+)
 
 TINY = tiny_mad_ad_training()
 
@@ -51,6 +56,29 @@ def test_loss_is_eq5_on_the_masked_forward_process():
     assert loss.item() == pytest.approx(parts["mse"] + 0.1 * parts["bce"], rel=1e-5)
 
 
+def test_foreign_fill_swaps_only_the_masked_positions_of_the_chosen_samples():
+    z0, donors = torch.randn(3, 4, 6, 6), torch.randn(3, 4, 6, 6)
+    noised = torch.zeros(3, 1, 6, 6)
+    noised[:, :, 1:4, 2:5] = 1
+    start = foreign_start(z0, donors, noised, torch.tensor([True, False, True]))
+    inside = noised.expand_as(z0).bool()
+    for k, chosen in enumerate((True, False, True)):
+        assert torch.equal(start[k][~inside[k]], z0[k][~inside[k]])
+        assert torch.allclose(start[k][inside[k]], (donors if chosen else z0)[k][inside[k]])
+
+
+def test_the_loss_noises_the_foreign_start_and_still_targets_the_scan():
+    torch.manual_seed(0)
+    denoiser = MaskedUNet(MASKED_UNET_CONFIGS["tiny"])
+    process = DiffusionProcess(mad_ad_diffusion())
+    z0, start, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    noised = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    t = torch.tensor([0, 5])
+    _, parts = masked_diffusion_loss(denoiser, process, z0, noised, t, noise, 0.1, start)
+    estimate, _ = denoiser(process.q_sample(start, t, noise, noised), t)
+    assert parts["mse"] == pytest.approx(((estimate - z0) ** 2).mean().item(), rel=1e-5)
+
+
 class _FixedDenoiser(torch.nn.Module):
     """x0 estimate 0 everywhere; the mask head flags the left half of every latent."""
 
@@ -74,6 +102,12 @@ def test_masked_reverse_updates_only_flagged_positions(eta):
     assert torch.allclose(out[..., :4], torch.zeros_like(out[..., :4]), atol=1e-6)
     outside = model.masked_reverse(z, torch.zeros(3, 1, 6, 8), torch.randn(10, 3, 4, 6, 8))
     assert torch.equal(outside, z)
+    restore = torch.zeros(3, 1, 6, 8)
+    restore[..., 6:] = 1  # the right quarter instead of the flagged left half
+    given = model.masked_reverse(z, torch.ones(3, 1, 6, 8), torch.randn(10, 3, 4, 6, 8),
+                                 restore)
+    assert torch.equal(given[..., :6], z[..., :6])
+    assert torch.allclose(given[..., 6:], torch.zeros_like(given[..., 6:]), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +186,8 @@ def test_a_reused_autoencoder_is_shipped_as_it_is_and_recorded(tiny_bundle, tmp_
     cohort, whole = tiny_bundle
     source = whole / "autoencoder"
     training = replace(TINY, autoencoder_from=str(source), denoiser_channels=(16, 24),
-                       diffusion=replace(TINY.diffusion, mask_ratio_max=0.8))
+                       diffusion=replace(TINY.diffusion, mask_ratio_max=0.8,
+                                         foreign_fill=0.5))
     bundle = train_mad_ad(cohort, tmp_path / "reused", training, log=_quiet)
     weights = "autoencoder.safetensors"
     assert sha256(bundle / "autoencoder" / weights) == sha256(source / weights)
@@ -162,6 +197,7 @@ def test_a_reused_autoencoder_is_shipped_as_it_is_and_recorded(tiny_bundle, tmp_
     denoiser = json.loads((bundle / "denoiser" / "manifest.json").read_text())
     assert denoiser["config"]["channels"] == [16, 24]
     assert denoiser["training"]["mask_ratio_max"] == 0.8
+    assert denoiser["training"]["foreign_fill"] == 0.5
     assert load_mad_ad(bundle).denoiser.config.channels == (16, 24)
 
 

@@ -90,17 +90,20 @@ class MADADModel:
         return self.autoencoder.decode(latents / self.latent_scale)
 
     @torch.no_grad()
-    def masked_reverse(self, z: torch.Tensor, brain: torch.Tensor, noises: torch.Tensor
-                       ) -> torch.Tensor:
+    def masked_reverse(self, z: torch.Tensor, brain: torch.Tensor, noises: torch.Tensor,
+                       restore: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 6 from z'_T = z (the clean latent) down to z'_0; `noises` (steps, *z.shape) are
         the eps of every step, `brain` the latent brain mask (positions outside it are never
-        noised in training and are left as they are)."""
+        noised in training and are left as they are). `restore`: the positions updated at
+        every step instead of those the mask head flags (what the chain makes of a given
+        mask: benchmarks/mad_ad_oracle_mask.py)."""
         levels = respaced_levels(self.diffusion.num_timesteps, self.settings.steps)
         for index, t in enumerate(levels):
             t_prev = levels[index + 1] if index + 1 < len(levels) else -1
             x0, logit = self.denoiser(z, torch.full((len(z),), t, device=z.device))
             x0, eps = self.diffusion.x0_and_eps(x0, z, torch.tensor([t]))
-            update = (torch.sigmoid(logit) > self.settings.mask_threshold).float() * brain
+            flagged = (torch.sigmoid(logit) > self.settings.mask_threshold).float()
+            update = (flagged if restore is None else restore) * brain
             stepped = self.diffusion.ddim_step(x0, eps, t, t_prev, self.settings.eta,
                                                noises[index])
             z = update * stepped + (1.0 - update) * z
@@ -111,6 +114,14 @@ class MADADModel:
         does not depend on how slices are batched: (count, steps, *latent_shape)."""
         generator = torch.Generator().manual_seed(self.settings.seed)
         return torch.randn((count, self.settings.steps, *latent_shape), generator=generator)
+
+    def residual_map(self, pseudo: np.ndarray, reference: np.ndarray, masks: np.ndarray
+                     ) -> np.ndarray:
+        """Eq. 8 on (n, y, x) slices: G * min(|x~ - r|, gamma) / gamma inside the brain."""
+        clipped = np.minimum(np.abs(pseudo - reference), self.settings.gamma)
+        clipped /= self.settings.gamma
+        sigma = self.settings.smoothing_sigma_mm / self.spacing_mm
+        return np.stack([ndimage.gaussian_filter(c, sigma) for c in clipped]) * masks
 
     def predict(self, image: np.ndarray, brain: np.ndarray, subject: Subject = UNKNOWN,
                 on_step: StepCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +137,6 @@ class MADADModel:
         position = {int(z): k for k, z in enumerate(indices)}
         # slices too small to model (the top and bottom of the brain) keep the scan itself
         healthy = (image * brain).astype(np.float32)
-        sigma = self.settings.smoothing_sigma_mm / self.spacing_mm
 
         def process(slices: np.ndarray, masks: np.ndarray, batch: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(slices[:, None].astype(np.float32)).to(self.device)
@@ -139,9 +149,7 @@ class MADADModel:
             reference = (self.decode(z).clamp(0, 1)[:, 0].cpu().numpy()
                          if self.settings.reference == "reconstruction" else slices)
             healthy[batch] = pseudo * masks
-            clipped = np.minimum(np.abs(pseudo - reference), self.settings.gamma)
-            clipped /= self.settings.gamma
-            return np.stack([ndimage.gaussian_filter(c, sigma) for c in clipped]) * masks
+            return self.residual_map(pseudo, reference, masks)
 
         batch_size = self.batch_size or slice_batch_size(image.shape[1:])
         anomaly = map_slices(image, brain, process, batch_size, on_step)

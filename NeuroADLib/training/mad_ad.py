@@ -9,6 +9,9 @@
 3. the masked-diffusion UNet on the frozen autoencoder's latents (section 3.1): random masks
    over latent patches (ratio ~ U[0, 0.4], patch sides from {1, 2, 4, 8}, brain only), only
    masked positions noised (eq. 2), loss ||z0 - f_z0||^2 + lambda BCE(M, f_M) (eq. 5);
+   optionally (`foreign_fill`, not in the paper) some samples' masked positions start from
+   another slice's latent before they are noised, so that the head also learns to find
+   content that does not belong;
 4. the bundle: both stages, the intensity standard, and the healthy calibration on the
    harmonised validation split.
 
@@ -87,6 +90,11 @@ class MaskedDiffusionTraining:
     mask_ratio_max: float = 0.4  # ratio ~ U[0, 0.4]
     patch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     mask_loss_weight: float = 1e-3  # lambda of eq. 5 (the authors' code)
+    # Share of training samples whose masked positions start from another slice's latent at
+    # the same positions instead of their own (then noised by eq. 2 as usual), so that the
+    # mask head learns to find content that does not belong, not only Gaussian noise.
+    # 0: the paper.
+    foreign_fill: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,11 +142,21 @@ def random_patch_mask(brain: torch.Tensor, rng: np.random.Generator, ratio_max: 
     return torch.from_numpy(masks).to(brain.device) * brain
 
 
+def foreign_start(z0: torch.Tensor, donors: torch.Tensor, noised: torch.Tensor,
+                  chosen: torch.Tensor) -> torch.Tensor:
+    """Where the masked forward process starts: z0, except at the masked positions of the
+    `chosen` samples (a bool per sample), which hold the donors' latents there."""
+    swapped = noised * chosen.view(-1, 1, 1, 1).to(noised.dtype)
+    return z0 + swapped * (donors - z0)
+
+
 def masked_diffusion_loss(denoiser: MaskedUNet, diffusion, z0: torch.Tensor,
                           noised: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                          mask_loss_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 5: ||z0 - f_z0(z_t, t)||^2 + lambda BCE(M, f_M(z_t, t)), z_t from eq. 2."""
-    zt = diffusion.q_sample(z0, t, noise, noised)
+                          mask_loss_weight: float, start: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 5: ||z0 - f_z0(z_t, t)||^2 + lambda BCE(M, f_M(z_t, t)), z_t from eq. 2 applied
+    to `start` (z0 itself unless foreign content fills the masked positions)."""
+    zt = diffusion.q_sample(z0 if start is None else start, t, noise, noised)
     estimate, logit = denoiser(zt, t)
     mse = torch.nn.functional.mse_loss(estimate, z0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, noised)
@@ -219,10 +237,16 @@ def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Pat
         rows = torch.from_numpy(rng.integers(len(latents), size=settings.batch_size))
         z0, brain = latents[rows].to(device), brains[rows].to(device)
         noised = random_patch_mask(brain, rng, settings.mask_ratio_max, settings.patch_sizes)
+        start = None
+        if settings.foreign_fill > 0:
+            chosen = torch.from_numpy(rng.random(settings.batch_size) < settings.foreign_fill)
+            donors = latents[torch.from_numpy(rng.integers(len(latents),
+                                                           size=settings.batch_size))]
+            start = foreign_start(z0, donors.to(device), noised, chosen.to(device))
         t = torch.randint(process.num_timesteps, (settings.batch_size,), generator=generator)
         noise = torch.randn(z0.shape, generator=generator).to(device)
         loss, parts = masked_diffusion_loss(denoiser, process, z0, noised, t.to(device),
-                                            noise, settings.mask_loss_weight)
+                                            noise, settings.mask_loss_weight, start)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
