@@ -40,7 +40,8 @@ def chain_map(model: MADADModel, image: np.ndarray, brain: np.ndarray,
         torch.from_numpy(restore[indices, None]), factor)
     final = model.masked_reverse(z, latent_mask, noises, oracle)
     pseudo = model.decode(final).clamp(0, 1)[:, 0].numpy()
-    reference = model.decode(z).clamp(0, 1)[:, 0].numpy()
+    reference = (model.decode(z).clamp(0, 1)[:, 0].numpy()
+                 if model.settings.reference == "reconstruction" else slices)
     anomaly = np.zeros_like(image, dtype=np.float32)
     anomaly[indices] = model.residual_map(pseudo, reference, masks)
     return anomaly
