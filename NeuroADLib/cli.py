@@ -275,9 +275,14 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
     if args.mask_ratio_max is not None:
         training = replace(training, diffusion=replace(training.diffusion,
                                                        mask_ratio_max=args.mask_ratio_max))
-    if args.foreign_fill is not None:
-        training = replace(training, diffusion=replace(training.diffusion,
-                                                       foreign_fill=args.foreign_fill))
+    for fill in ("foreign_fill", "pathology_fill"):
+        if getattr(args, fill) is not None:
+            try:
+                training = replace(training, diffusion=replace(
+                    training.diffusion, **{fill: getattr(args, fill)}))
+            except ValueError:
+                raise UsageError("neuroad train mad_ad takes --foreign-fill or "
+                                 "--pathology-fill, not both.") from None
     if args.unet_channels:
         try:
             training = replace(training, denoiser_channels=args.unet_channels)
@@ -805,6 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "from another slice's latent there instead of their own, so that the "
                         "mask head learns to find content that does not belong (default 0, "
                         "the paper's: noise alone)")
+    p.add_argument("--pathology-fill", type=RATIO, metavar="P",
+                   help="mad_ad: a share P of training samples are slices crossed by a "
+                        "fluid-driven pseudo-pathology, whose footprint joins the mask and "
+                        "starts from the lesioned slice's latent, so that the mask head learns "
+                        "to flag lesion-like content (default 0, the paper's: noise alone)")
     p.add_argument("--unet-channels", type=WIDTHS, metavar="C1,C2,...",
                    help="mad_ad: the masked UNet's channel widths, one per level (default: "
                         "those of --config; 32,64,64 for default)")

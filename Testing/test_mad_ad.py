@@ -15,6 +15,7 @@ from NeuroADLib.networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet
 from NeuroADLib.training.mad_ad import (
     foreign_start,
     masked_diffusion_loss,
+    pathology_start,
     random_patch_mask,
     train_mad_ad,
 )
@@ -77,6 +78,61 @@ def test_the_loss_noises_the_foreign_start_and_still_targets_the_scan():
     _, parts = masked_diffusion_loss(denoiser, process, z0, noised, t, noise, 0.1, start)
     estimate, _ = denoiser(process.q_sample(start, t, noise, noised), t)
     assert parts["mse"] == pytest.approx(((estimate - z0) ** 2).mean().item(), rel=1e-5)
+
+
+def test_pathology_fill_joins_the_lesion_footprint_to_the_mask_of_the_chosen_samples():
+    z0, lesioned = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    noised = torch.zeros(2, 1, 6, 6)
+    noised[:, :, 0, :] = 1
+    footprints = torch.zeros(2, 1, 6, 6)
+    footprints[:, :, 3:5, 3:5] = 1
+    start, mask = pathology_start(z0, noised, lesioned, footprints, torch.tensor([True, False]))
+    assert torch.equal(mask[0], torch.maximum(noised[0], footprints[0]))
+    assert torch.equal(mask[1], noised[1])  # not chosen: the paper's mask alone
+    lesion = footprints[0].expand_as(z0[0]).bool()
+    assert torch.allclose(start[0][lesion], lesioned[0][lesion])
+    assert torch.equal(start[0][~lesion], z0[0][~lesion])  # incl. the noise-only patches
+    assert torch.equal(start[1], z0[1])
+
+
+def test_pathology_slices_are_the_lesioned_slices_with_their_latent_footprints():
+    from NeuroADLib.networks.autoencoder import build_autoencoder
+    from NeuroADLib.synthesis.lesions import SynthesisConfig, synthesize
+    from NeuroADLib.training.data import CohortSplit
+    from NeuroADLib.training.mad_ad import SLICE_AUTOENCODER_CONFIGS
+    from NeuroADLib.training.pathology_slices import (
+        PathologySliceSettings,
+        encode_pathology_slices,
+    )
+    from NeuroADLib.training.slice_data import SliceSet
+
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder(SLICE_AUTOENCODER_CONFIGS["tiny"]).eval()
+    rng = np.random.default_rng(0)
+    brain = np.zeros((24, 32, 32), bool)
+    brain[2:22, 4:28, 4:28] = True
+    images = [(rng.random(brain.shape) * brain).astype(np.float32) for _ in range(2)]
+    rows = [{"subject": name, "age": "", "sex": "", "split": "train"} for name in "ab"]
+    slices = SliceSet.of(CohortSplit(images, [brain, brain], rows))
+    synthesis = SynthesisConfig(perlin_radius_voxels=(2.0, 3.0), margin_voxels=3,
+                                min_lesion_voxels=4)
+    settings = PathologySliceSettings(versions=2, seed=5, synthesis=synthesis)
+    made = encode_pathology_slices(autoencoder, slices, settings, "cpu", log=_quiet)
+    again = encode_pathology_slices(autoencoder, slices, settings, "cpu", log=_quiet)
+    assert torch.equal(made.rows, again.rows) and torch.equal(made.latents, again.latents)
+    seed = int(np.random.SeedSequence([5, 1, 0]).generate_state(1)[0])
+    expected = synthesize(images[1], brain, seed, None, synthesis)  # volume 1, version 0
+    crossed = np.flatnonzero(expected.mask.any(axis=(1, 2)))
+    pairs = [tuple(pair) for pair in slices.pairs[made.rows.numpy()]]
+    first = pairs.index((1, int(crossed[0])))
+    assert [z for k, z in pairs[first:first + len(crossed)]] == list(crossed)
+    lesion = torch.from_numpy(expected.mask[crossed[0]].astype(np.float32))
+    footprint = made.footprints[first, 0]
+    assert torch.equal(footprint, torch.nn.functional.max_pool2d(lesion[None], 4)[0])
+    with torch.no_grad():
+        x = torch.from_numpy(expected.image[crossed[:1]][:, None])
+        assert torch.allclose(made.latents[first], autoencoder.encode(x)[0][0], atol=1e-6)
+    assert (made.footprints.flatten(1).sum(1) > 0).all()
 
 
 class _FixedDenoiser(torch.nn.Module):
@@ -199,6 +255,25 @@ def test_a_reused_autoencoder_is_shipped_as_it_is_and_recorded(tiny_bundle, tmp_
     assert denoiser["training"]["mask_ratio_max"] == 0.8
     assert denoiser["training"]["foreign_fill"] == 0.5
     assert load_mad_ad(bundle).denoiser.config.channels == (16, 24)
+
+
+def test_pathology_fill_trains_and_is_recorded(tiny_bundle, tmp_path):
+    import json
+
+    from NeuroADLib.training.pathology_slices import PathologySliceSettings
+
+    cohort, whole = tiny_bundle
+    pathology = replace(PathologySliceSettings(versions=1), synthesis=replace(
+        PathologySliceSettings().synthesis, perlin_radius_voxels=(2.0, 3.0), margin_voxels=3,
+        min_lesion_voxels=4))
+    training = replace(TINY, autoencoder_from=str(whole / "autoencoder"), diffusion=replace(
+        TINY.diffusion, pathology_fill=1.0, pathology=pathology))
+    bundle = train_mad_ad(cohort, tmp_path / "pathology", training, log=_quiet)
+    denoiser = json.loads((bundle / "denoiser" / "manifest.json").read_text())
+    assert denoiser["training"]["pathology_fill"] == 1.0
+    assert denoiser["training"]["pathology"]["versions"] == 1
+    with pytest.raises(ValueError, match="alternatives"):
+        replace(TINY.diffusion, pathology_fill=0.5, foreign_fill=0.5)
 
 
 def test_an_autoencoder_that_cannot_be_reused_is_refused_before_anything_is_written(

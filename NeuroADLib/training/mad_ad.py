@@ -9,9 +9,11 @@
 3. the masked-diffusion UNet on the frozen autoencoder's latents (section 3.1): random masks
    over latent patches (ratio ~ U[0, 0.4], patch sides from {1, 2, 4, 8}, brain only), only
    masked positions noised (eq. 2), loss ||z0 - f_z0||^2 + lambda BCE(M, f_M) (eq. 5);
-   optionally (`foreign_fill`, not in the paper) some samples' masked positions start from
-   another slice's latent before they are noised, so that the head also learns to find
-   content that does not belong;
+   optionally (not in the paper) some samples' masked positions start from foreign content
+   before they are noised, so that the head also learns to find content that does not
+   belong: another slice's latent (`foreign_fill`), or the latent of the same slice with a
+   fluid-driven pseudo-pathology, whose footprint joins the mask (`pathology_fill`,
+   training/pathology_slices.py);
 4. the bundle: both stages, the intensity standard, and the healthy calibration on the
    harmonised validation split.
 
@@ -50,6 +52,7 @@ from ..networks.masked_unet import MASKED_UNET_CONFIGS, MaskedUNet, MaskedUNetCo
 from ..slices import brain_slices
 from .data import CohortSplit
 from .loop import LoopSettings, run_training
+from .pathology_slices import PathologySlices, PathologySliceSettings, encode_pathology_slices
 from .provenance import half_precision, write_manifest
 from .slice_data import (
     SliceSet,
@@ -95,6 +98,15 @@ class MaskedDiffusionTraining:
     # mask head learns to find content that does not belong, not only Gaussian noise.
     # 0: the paper.
     foreign_fill: float = 0.0
+    # Share of training samples drawn from the slices a pseudo-pathology crosses, whose lesion
+    # footprint joins the mask and starts from the lesioned slice's latent (then noised by
+    # eq. 2), so that the mask head learns to flag lesion-like content. 0: the paper.
+    pathology_fill: float = 0.0
+    pathology: PathologySliceSettings = PathologySliceSettings()
+
+    def __post_init__(self) -> None:
+        if self.foreign_fill > 0 and self.pathology_fill > 0:
+            raise ValueError("foreign_fill and pathology_fill are alternatives: give one")
 
 
 @dataclass(frozen=True)
@@ -225,9 +237,23 @@ def encode_slices(autoencoder, slices: SliceSet, device: str, batch: int = 64
     return torch.cat(latents), torch.cat(brains)
 
 
+def pathology_start(z0: torch.Tensor, noised: torch.Tensor, lesioned: torch.Tensor,
+                    footprints: torch.Tensor, chosen: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, mask) of eq. 2 for a batch where the `chosen` samples carry a pseudo-pathology:
+    their lesion footprints join the mask and start from the lesioned latents there."""
+    footprints = footprints * chosen.view(-1, 1, 1, 1).to(footprints.dtype)
+    return foreign_start(z0, lesioned, footprints, chosen), torch.maximum(noised, footprints)
+
+
 def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Path,
-                           training: MADADTraining, device: str, log=print) -> MaskedUNet:
+                           training: MADADTraining, device: str, log=print,
+                           pathology: PathologySlices | None = None) -> MaskedUNet:
+    """Train (or resume) the masked UNet on scaled latents; `pathology` (scaled alike) is
+    needed when `training.diffusion.pathology_fill` is above 0."""
     settings = training.diffusion
+    if settings.pathology_fill > 0 and pathology is None:
+        raise ValueError("pathology_fill needs the pseudo-pathological slices")
     process = DiffusionProcess(mad_ad_diffusion())
     torch.manual_seed(training.seed)
     denoiser = MaskedUNet(training.denoiser_config()).to(device)
@@ -235,9 +261,17 @@ def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Pat
 
     def step(number: int, rng: np.random.Generator, generator: torch.Generator) -> dict:
         rows = torch.from_numpy(rng.integers(len(latents), size=settings.batch_size))
+        if settings.pathology_fill > 0:
+            chosen = torch.from_numpy(rng.random(settings.batch_size) < settings.pathology_fill)
+            picks = torch.from_numpy(rng.integers(len(pathology.rows), size=settings.batch_size))
+            rows = torch.where(chosen, pathology.rows[picks], rows)
         z0, brain = latents[rows].to(device), brains[rows].to(device)
         noised = random_patch_mask(brain, rng, settings.mask_ratio_max, settings.patch_sizes)
         start = None
+        if settings.pathology_fill > 0:
+            start, noised = pathology_start(z0, noised, pathology.latents[picks].to(device),
+                                            pathology.footprints[picks].to(device),
+                                            chosen.to(device))
         if settings.foreign_fill > 0:
             chosen = torch.from_numpy(rng.random(settings.batch_size) < settings.foreign_fill)
             donors = latents[torch.from_numpy(rng.integers(len(latents),
@@ -296,9 +330,13 @@ def train_mad_ad(cohort_dir: str | os.PathLike, out: str | os.PathLike,
 
     latents, brains = encode_slices(autoencoder.to(device), slices, device)
     scale = float(1.0 / latents.std())
+    pathology = None
+    if training.diffusion.pathology_fill > 0:
+        pathology = encode_pathology_slices(autoencoder, slices, training.diffusion.pathology,
+                                            device, record).scaled(scale)
     dn_folder = out / DENOISER_FOLDER
     denoiser = train_masked_diffusion(latents * scale, brains, dn_folder, training, device,
-                                      record)
+                                      record, pathology)
     save_file(half_precision(denoiser.state_dict()), str(dn_folder / "masked_unet.safetensors"))
     write_manifest(dn_folder, id=f"mad-ad-denoiser-{training.config}-ixi-2mm",
                    method="masked-unet", config=denoiser.config.to_dict(),
