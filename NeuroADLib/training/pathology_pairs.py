@@ -57,6 +57,12 @@ class PathologyPairs:
         return targets, torch.where(keep, lesioned, targets)
 
 
+def copy_seed(seed: int, scan: int, version: int) -> int:
+    """The synthesis seed of pseudo-pathological copy `version` of training scan `scan`:
+    independent of the order in which copies are made."""
+    return int(np.random.SeedSequence([seed, scan, version]).generate_state(1)[0])
+
+
 def encode_pairs(autoencoder, images: list[np.ndarray], masks: list[np.ndarray],
                  settings: PairSettings, device: str = "cpu", log=print) -> PathologyPairs:
     """Encode every scan and `settings.versions` lesioned copies of it; copy k of scan i is
@@ -68,7 +74,7 @@ def encode_pairs(autoencoder, images: list[np.ndarray], masks: list[np.ndarray],
         healthy.append(encode_image(autoencoder, image, device=device)[0].cpu())
         copies = []
         for version in range(settings.versions):
-            seed = int(np.random.SeedSequence([settings.seed, index, version]).generate_state(1)[0])
+            seed = copy_seed(settings.seed, index, version)
             lesioned = synthesize(image, mask, seed, None, settings.synthesis).image
             copies.append(encode_image(autoencoder, lesioned, device=device)[0].cpu())
         pathological.append(torch.stack(copies))

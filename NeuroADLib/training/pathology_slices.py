@@ -19,6 +19,7 @@ import torch
 
 from ..methods.mad_ad import latent_brain
 from ..synthesis.lesions import SynthesisConfig, synthesize
+from .pathology_pairs import copy_seed
 from .slice_data import SliceSet
 
 
@@ -58,8 +59,7 @@ def encode_pathology_slices(autoencoder, slices: SliceSet, settings: PathologySl
     began = time.perf_counter()
     for index, (image, mask) in enumerate(zip(slices.images, slices.masks, strict=True)):
         for version in range(settings.versions):
-            seed = int(np.random.SeedSequence([settings.seed, index, version]
-                                              ).generate_state(1)[0])
+            seed = copy_seed(settings.seed, index, version)
             lesioned = synthesize(image, mask, seed, None, settings.synthesis)
             crossed = [int(z) for z in np.flatnonzero(lesioned.mask.any(axis=(1, 2)))
                        if (index, int(z)) in row_of]
