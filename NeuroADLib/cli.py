@@ -283,6 +283,11 @@ def _train_mad_ad(args: argparse.Namespace, device: str | None) -> None:
             except ValueError:
                 raise UsageError("neuroad train mad_ad takes --foreign-fill or "
                                  "--pathology-fill, not both.") from None
+    if args.pathology_clean:
+        if not training.diffusion.pathology_fill:
+            raise UsageError("--pathology-clean needs --pathology-fill P above 0.")
+        training = replace(training, diffusion=replace(training.diffusion,
+                                                       pathology_noised=False))
     if args.unet_channels:
         try:
             training = replace(training, denoiser_channels=args.unet_channels)
@@ -815,6 +820,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fluid-driven pseudo-pathology, whose footprint joins the mask and "
                         "starts from the lesioned slice's latent, so that the mask head learns "
                         "to flag lesion-like content (default 0, the paper's: noise alone)")
+    p.add_argument("--pathology-clean", action="store_true",
+                   help="mad_ad with --pathology-fill: the lesion footprint stays the clean "
+                        "lesioned latent at every level instead of being noised by eq. 2, as "
+                        "inference meets a lesion from its first step")
     p.add_argument("--unet-channels", type=WIDTHS, metavar="C1,C2,...",
                    help="mad_ad: the masked UNet's channel widths, one per level (default: "
                         "those of --config; 32,64,64 for default)")

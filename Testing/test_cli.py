@@ -162,3 +162,7 @@ def test_mad_ad_takes_a_reused_autoencoder_or_autoencoder_steps_not_both(tmp_pat
                      "--foreign-fill", "0.5", "--pathology-fill", "0.5")
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "--foreign-fill or --pathology-fill" in result.stderr and not out.exists()
+    result = neuroad("train", "mad_ad", "--cohort", str(tmp_path), "--out", str(out),
+                     "--pathology-clean")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "--pathology-clean needs --pathology-fill" in result.stderr and not out.exists()

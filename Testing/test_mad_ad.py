@@ -86,13 +86,36 @@ def test_pathology_fill_joins_the_lesion_footprint_to_the_mask_of_the_chosen_sam
     noised[:, :, 0, :] = 1
     footprints = torch.zeros(2, 1, 6, 6)
     footprints[:, :, 3:5, 3:5] = 1
-    start, mask = pathology_start(z0, noised, lesioned, footprints, torch.tensor([True, False]))
+    start, mask, diffused = pathology_start(z0, noised, lesioned, footprints,
+                                            torch.tensor([True, False]))
     assert torch.equal(mask[0], torch.maximum(noised[0], footprints[0]))
     assert torch.equal(mask[1], noised[1])  # not chosen: the paper's mask alone
+    assert torch.equal(diffused, mask)  # eq. 2 noises the whole mask
     lesion = footprints[0].expand_as(z0[0]).bool()
     assert torch.allclose(start[0][lesion], lesioned[0][lesion])
     assert torch.equal(start[0][~lesion], z0[0][~lesion])  # incl. the noise-only patches
     assert torch.equal(start[1], z0[1])
+
+
+def test_clean_pathology_footprints_join_the_mask_but_are_not_noised():
+    torch.manual_seed(0)
+    z0, lesioned = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    noised = torch.zeros(2, 1, 6, 6)
+    noised[:, :, 3:, 0:4] = 1  # overlaps the footprint at rows 3-4, column 3
+    footprints = torch.zeros(2, 1, 6, 6)
+    footprints[:, :, 3:5, 3:5] = 1
+    start, mask, diffused = pathology_start(z0, noised, lesioned, footprints,
+                                            torch.tensor([True, False]), noise_footprints=False)
+    assert torch.equal(mask[0], torch.maximum(noised[0], footprints[0]))
+    assert torch.equal(diffused[0], noised[0] * (1 - footprints[0]))
+    assert torch.equal(diffused[1], noised[1])  # not chosen: the paper's
+    process = DiffusionProcess(mad_ad_diffusion())
+    noise = torch.randn(2, 4, 6, 6)
+    zt = process.q_sample(start, torch.tensor([9, 9]), noise, diffused)
+    lesion = footprints[0].expand_as(z0[0]).bool()
+    assert torch.allclose(zt[0][lesion], lesioned[0][lesion])  # clean at the noisiest level
+    patches = (noised[0] * (1 - footprints[0])).expand_as(z0[0]).bool()
+    assert not torch.allclose(zt[0][patches], z0[0][patches])
 
 
 def test_pathology_slices_are_the_lesioned_slices_with_their_latent_footprints():
@@ -267,10 +290,11 @@ def test_pathology_fill_trains_and_is_recorded(tiny_bundle, tmp_path):
         PathologySliceSettings().synthesis, perlin_radius_voxels=(2.0, 3.0), margin_voxels=3,
         min_lesion_voxels=4))
     training = replace(TINY, autoencoder_from=str(whole / "autoencoder"), diffusion=replace(
-        TINY.diffusion, pathology_fill=1.0, pathology=pathology))
+        TINY.diffusion, pathology_fill=1.0, pathology_noised=False, pathology=pathology))
     bundle = train_mad_ad(cohort, tmp_path / "pathology", training, log=_quiet)
     denoiser = json.loads((bundle / "denoiser" / "manifest.json").read_text())
     assert denoiser["training"]["pathology_fill"] == 1.0
+    assert denoiser["training"]["pathology_noised"] is False
     assert denoiser["training"]["pathology"]["versions"] == 1
     with pytest.raises(ValueError, match="alternatives"):
         replace(TINY.diffusion, pathology_fill=0.5, foreign_fill=0.5)

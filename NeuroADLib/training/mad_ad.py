@@ -13,7 +13,8 @@
    before they are noised, so that the head also learns to find content that does not
    belong: another slice's latent (`foreign_fill`), or the latent of the same slice with a
    fluid-driven pseudo-pathology, whose footprint joins the mask (`pathology_fill`,
-   training/pathology_slices.py);
+   training/pathology_slices.py), noised or left clean as inference meets it
+   (`pathology_noised`);
 4. the bundle: both stages, the intensity standard, and the healthy calibration on the
    harmonised validation split.
 
@@ -99,9 +100,12 @@ class MaskedDiffusionTraining:
     # 0: the paper.
     foreign_fill: float = 0.0
     # Share of training samples drawn from the slices a pseudo-pathology crosses, whose lesion
-    # footprint joins the mask and starts from the lesioned slice's latent (then noised by
-    # eq. 2), so that the mask head learns to flag lesion-like content. 0: the paper.
+    # footprint joins the mask and starts from the lesioned slice's latent, so that the mask
+    # head learns to flag lesion-like content. 0: the paper.
     pathology_fill: float = 0.0
+    # Whether eq. 2 noises the footprint (True) or leaves it the clean lesioned latent at every
+    # level (False), as inference meets a lesion: clean, from the chain's first step on.
+    pathology_noised: bool = True
     pathology: PathologySliceSettings = PathologySliceSettings()
 
     def __post_init__(self) -> None:
@@ -164,11 +168,14 @@ def foreign_start(z0: torch.Tensor, donors: torch.Tensor, noised: torch.Tensor,
 
 def masked_diffusion_loss(denoiser: MaskedUNet, diffusion, z0: torch.Tensor,
                           noised: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                          mask_loss_weight: float, start: torch.Tensor | None = None
+                          mask_loss_weight: float, start: torch.Tensor | None = None,
+                          diffused: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 5: ||z0 - f_z0(z_t, t)||^2 + lambda BCE(M, f_M(z_t, t)), z_t from eq. 2 applied
-    to `start` (z0 itself unless foreign content fills the masked positions)."""
-    zt = diffusion.q_sample(z0 if start is None else start, t, noise, noised)
+    to `start` (z0 itself unless foreign content fills the masked positions) at the positions
+    `diffused` (the mask M = `noised` itself unless clean lesion footprints join M)."""
+    zt = diffusion.q_sample(z0 if start is None else start, t, noise,
+                            noised if diffused is None else diffused)
     estimate, logit = denoiser(zt, t)
     mse = torch.nn.functional.mse_loss(estimate, z0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, noised)
@@ -238,12 +245,16 @@ def encode_slices(autoencoder, slices: SliceSet, device: str, batch: int = 64
 
 
 def pathology_start(z0: torch.Tensor, noised: torch.Tensor, lesioned: torch.Tensor,
-                    footprints: torch.Tensor, chosen: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(start, mask) of eq. 2 for a batch where the `chosen` samples carry a pseudo-pathology:
-    their lesion footprints join the mask and start from the lesioned latents there."""
+                    footprints: torch.Tensor, chosen: torch.Tensor, noise_footprints: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start, mask, diffused) of eq. 2 for a batch where the `chosen` samples carry a
+    pseudo-pathology: their lesion footprints join the mask and start from the lesioned
+    latents there; eq. 2 noises the whole mask, or, without `noise_footprints`, all of it but
+    the footprints, which stay the clean lesioned latent."""
     footprints = footprints * chosen.view(-1, 1, 1, 1).to(footprints.dtype)
-    return foreign_start(z0, lesioned, footprints, chosen), torch.maximum(noised, footprints)
+    mask = torch.maximum(noised, footprints)
+    diffused = mask if noise_footprints else noised * (1.0 - footprints)
+    return foreign_start(z0, lesioned, footprints, chosen), mask, diffused
 
 
 def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Path,
@@ -267,11 +278,12 @@ def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Pat
             rows = torch.where(chosen, pathology.rows[picks], rows)
         z0, brain = latents[rows].to(device), brains[rows].to(device)
         noised = random_patch_mask(brain, rng, settings.mask_ratio_max, settings.patch_sizes)
-        start = None
+        start, diffused = None, None
         if settings.pathology_fill > 0:
-            start, noised = pathology_start(z0, noised, pathology.latents[picks].to(device),
-                                            pathology.footprints[picks].to(device),
-                                            chosen.to(device))
+            start, noised, diffused = pathology_start(
+                z0, noised, pathology.latents[picks].to(device),
+                pathology.footprints[picks].to(device), chosen.to(device),
+                settings.pathology_noised)
         if settings.foreign_fill > 0:
             chosen = torch.from_numpy(rng.random(settings.batch_size) < settings.foreign_fill)
             donors = latents[torch.from_numpy(rng.integers(len(latents),
@@ -280,7 +292,7 @@ def train_masked_diffusion(latents: torch.Tensor, brains: torch.Tensor, out: Pat
         t = torch.randint(process.num_timesteps, (settings.batch_size,), generator=generator)
         noise = torch.randn(z0.shape, generator=generator).to(device)
         loss, parts = masked_diffusion_loss(denoiser, process, z0, noised, t.to(device),
-                                            noise, settings.mask_loss_weight, start)
+                                            noise, settings.mask_loss_weight, start, diffused)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
